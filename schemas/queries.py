@@ -1,0 +1,37 @@
+"""Request/reply between the API and the projector (`query.tasks.*`) and the task record both share."""
+
+import msgspec
+
+from .events import ImageResult, TaskStatus
+from .jobs import SCHEMA_VERSION, JobSpec
+from .subjects import Priority
+
+
+class TaskRecord(msgspec.Struct, kw_only=True):
+    """One task as the projector holds it: the fold of its events."""
+
+    task_id: str
+    owner: str
+    status: TaskStatus
+    spec: JobSpec
+    priority: Priority
+    dialect: str
+    callback_url: str | None = None
+    images: list[ImageResult] = []
+    error_message: str | None = None
+    worker: str | None = None
+    attempts: int = 0
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+
+class TaskGet(msgspec.Struct, kw_only=True):
+    task_id: str
+    schema_version: int = SCHEMA_VERSION
+
+
+class TaskReply(msgspec.Struct, kw_only=True):
+    task: TaskRecord | None
+    schema_version: int = SCHEMA_VERSION

@@ -1,0 +1,119 @@
+"""Every subject, stream, durable consumer and bucket name, and the stream configs: the one place
+they are spelled. Services build nats-py configs from the specs here (services/bus.py)."""
+
+import re
+from enum import StrEnum
+
+import msgspec
+
+# Streams
+JOBS = "JOBS"
+TASKS = "TASKS"
+PROGRESS = "PROGRESS"
+
+# Buckets
+IMAGES_BUCKET = "images"  # object store: inputs and results
+CANCEL_BUCKET = "cancel"  # KV: task_id -> cancel request
+WORKERS_BUCKET = "workers"  # KV: worker_id -> WorkerAnnouncement, expires unless refreshed
+
+# Durable consumers
+PROJECTOR_DURABLE = "projector"
+
+# Request/reply
+TASK_GET = "query.tasks.get"
+PROJECTOR_QUEUE = "projector"
+
+_TOKEN_RE = re.compile(r"[^a-z0-9_-]")
+TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+
+
+PRIORITY_ORDER = (Priority.HIGH, Priority.NORMAL)
+
+
+def model_token(model: str) -> str:
+    """A model name as a subject token: lower-case `[a-z0-9_-]`."""
+    token = _TOKEN_RE.sub("_", model.lower())
+    if not token:
+        raise ValueError(f"model name {model!r} has no usable characters")
+    return token
+
+
+def is_valid_task_id(task_id: str) -> bool:
+    """Task ids become subject tokens: no dots, wildcards or spaces."""
+    return bool(TASK_ID_RE.match(task_id))
+
+
+def generate_job(priority: Priority, model: str) -> str:
+    return f"jobs.generate.{priority}.{model_token(model)}"
+
+
+def generate_jobs_any_priority(model: str) -> str:
+    return f"jobs.generate.*.{model_token(model)}"
+
+
+def upscale_job(priority: Priority) -> str:
+    return f"jobs.upscale.{priority}"
+
+
+def gpu_durable(model: str, priority: Priority) -> str:
+    return f"gpu-{model_token(model)}-{priority}"
+
+
+def task_event(task_id: str, event: str) -> str:
+    return f"tasks.{task_id}.{event}"
+
+
+ALL_TASK_EVENTS = "tasks.>"
+
+
+def progress(task_id: str) -> str:
+    return f"progress.{task_id}"
+
+
+# Message ids (Nats-Msg-Id) for de-duplication inside a stream's duplicate window.
+def job_msg_id(task_id: str) -> str:
+    return task_id
+
+
+def event_msg_id(task_id: str, event: str, attempt: int | None = None) -> str:
+    """Terminal events share one id so only the first terminal event of a task is stored."""
+    if event in {"completed", "failed", "cancelled"}:
+        return f"{task_id}.terminal"
+    return f"{task_id}.{event}" if attempt is None else f"{task_id}.{event}.{attempt}"
+
+
+class StreamSpec(msgspec.Struct, frozen=True):
+    name: str
+    subjects: tuple[str, ...]
+    retention: str  # "workqueue" | "limits"
+    storage: str  # "file" | "memory"
+    max_age_s: float | None = None
+    max_msgs_per_subject: int | None = None
+    duplicate_window_s: float = 120.0
+
+
+def streams(tasks_max_age_days: float) -> tuple[StreamSpec, ...]:
+    return (
+        StreamSpec(JOBS, ("jobs.>",), retention="workqueue", storage="file"),
+        StreamSpec(TASKS, (ALL_TASK_EVENTS,), retention="limits", storage="file",
+                   max_age_s=tasks_max_age_days * 86400),
+        StreamSpec(PROGRESS, ("progress.>",), retention="limits", storage="memory",
+                   max_age_s=3600, max_msgs_per_subject=1),
+    )
+
+
+def max_deliveries_advisory(stream: str, consumer: str = "*") -> str:
+    """Published by JetStream when a message used up a consumer's max_deliver."""
+    return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+
+
+class MaxDeliveriesAdvisory(msgspec.Struct):
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int

@@ -1,0 +1,11 @@
+"""api: the HTTP dialects in front of the bus."""
+
+import asyncio
+
+from services.config import Config
+
+
+def main(config: Config) -> None:
+    from .service import run
+
+    asyncio.run(run(config))

@@ -1,0 +1,16 @@
+"""The aiohttp application: routes registered by one module per dialect."""
+
+from aiohttp import web
+
+from . import errors, native, system
+from .context import CTX, ApiContext
+
+
+def create_app(ctx: ApiContext) -> web.Application:
+    app = web.Application(client_max_size=ctx.config.api.max_body_bytes,
+                          middlewares=[errors.error_middleware])
+    app[CTX] = ctx
+    app[errors.RENDERERS] = []
+    for dialect in (system, native):
+        dialect.register(app)
+    return app

@@ -1,0 +1,147 @@
+"""The native dialect (seeds/sd_model_api.md): /api/v1/generate and /api/v1/tasks/{id}, X-API-Key."""
+
+import secrets
+from datetime import UTC, datetime
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from schemas.jobs import SCHEDULERS, Img2Img, OutputFormat, Txt2Img
+from schemas.queries import TaskRecord
+
+from . import validation
+from .context import CTX
+from .errors import ApiError, invalid
+from .system import file_url
+
+DIALECT = "native"
+SEED_RANGE = 2**32
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1)
+    init_image: str | None = None  # data URI; present: img2img
+    negative_prompt: str | None = None
+    width: int | None = None  # txt2img only; img2img keeps the input's size
+    height: int | None = None
+    num_images: int = Field(1, ge=1, le=10)
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+    strength: float | None = Field(None, ge=0, le=1)  # img2img only
+    scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
+    seed: int | None = Field(None, ge=-1, lt=SEED_RANGE)  # None or -1: random
+    output_format: Literal["png", "jpg", "jpeg"] = "png"
+    callback_url: str | None = None
+
+    @field_validator("width", "height")
+    @classmethod
+    def _size(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return validation.check_multiple_of_8(value, info.context, info.field_name)
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _prompt_length(cls, value: str | None, info: ValidationInfo) -> str | None:
+        limit = info.context.limits.max_prompt_chars
+        if value is not None and len(value) > limit:
+            raise ValueError(f"at most {limit} characters")
+        return value
+
+    @field_validator("num_images")
+    @classmethod
+    def _images(cls, value: int, info: ValidationInfo) -> int:
+        if value > info.context.limits.max_images:
+            raise ValueError(f"at most {info.context.limits.max_images} images")
+        return value
+
+    @field_validator("num_inference_steps")
+    @classmethod
+    def _steps(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and value > info.context.limits.max_steps:
+            raise ValueError(f"at most {info.context.limits.max_steps} steps")
+        return value
+
+    @field_validator("guidance_scale")
+    @classmethod
+    def _guidance(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None and value > info.context.limits.max_guidance_scale:
+            raise ValueError(f"at most {info.context.limits.max_guidance_scale}")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, value: str | None) -> str | None:
+        return validation.check_callback_url(value)
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def task_view(record: TaskRecord, base_url: str) -> dict:
+    urls = [file_url(base_url, image.key) for image in record.images]
+    return {
+        "task_id": record.task_id,
+        "status": record.status.value,
+        "result_url": urls[0] if len(urls) == 1 else None,
+        "result_urls": urls if len(urls) > 1 else None,
+        "error_message": record.error_message,
+        "created_at": iso(record.created_at),
+        "updated_at": iso(record.updated_at),
+    }
+
+
+def _principal(request: web.Request):
+    ctx = request.app[CTX]
+    principal = ctx.authenticate(request, ctx.config.api.key_header)
+    if principal is None:
+        raise ApiError(401, "Invalid or missing API key")
+    return principal
+
+
+async def generate(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    principal = _principal(request)
+    config = ctx.config
+    req = await validation.parse(request, GenerateRequest, config)
+    model = config.model(config.default_model)
+    common = dict(
+        model=model.name,
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt or "",
+        num_images=req.num_images,
+        steps=req.num_inference_steps or config.defaults.steps,
+        guidance_scale=config.defaults.guidance_scale if req.guidance_scale is None else req.guidance_scale,
+        scheduler=req.scheduler or model.scheduler,
+        seed=secrets.randbelow(SEED_RANGE) if req.seed in (None, -1) else req.seed,
+        output_format=OutputFormat.PNG if req.output_format == "png" else OutputFormat.JPEG,
+    )
+    if req.init_image is None:
+        spec = Txt2Img(width=req.width or model.width, height=req.height or model.height, **common)
+    else:
+        image = await validation.input_image(req.init_image, "init_image", config)
+        width, height = image.width // 8 * 8, image.height // 8 * 8
+        if min(width, height) < config.limits.min_size:
+            raise invalid(["init_image"], f"image must be at least {config.limits.min_size} pixels a side")
+        strength = config.defaults.strength if req.strength is None else req.strength
+        if int(common["steps"] * strength) < 1:
+            raise invalid(["strength"], "strength × num_inference_steps must give at least one step")
+        key = await ctx.tasks.store_input(image)
+        spec = Img2Img(width=width, height=height, init_image=key, strength=strength, **common)
+    task_id = await ctx.tasks.submit(spec, principal, dialect=DIALECT, callback_url=req.callback_url,
+                                     idempotency_key=request.headers.get("Idempotency-Key"))
+    return web.json_response({"task_id": task_id, "status": "pending",
+                              "message": "Task created; poll /api/v1/tasks/{task_id} for the result"})
+
+
+async def get_task(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    record = await ctx.tasks.get(request.match_info["task_id"], _principal(request))
+    return web.json_response(task_view(record, ctx.base_url(request)))
+
+
+def register(app: web.Application) -> None:
+    app.router.add_post("/api/v1/generate", generate)
+    app.router.add_get("/api/v1/tasks/{task_id}", get_task)

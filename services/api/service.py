@@ -1,0 +1,38 @@
+"""api service: the HTTP server, connected to NATS, until SIGINT/SIGTERM."""
+
+import logging
+
+from aiohttp import web
+
+from services import bus
+from services.config import Config
+from services.lifecycle import stop_event
+
+from .app import create_app
+from .auth import Keyring
+from .context import ApiContext
+from .tasks import Tasks
+from .workers import WorkerDirectory
+
+log = logging.getLogger("diffbus.api")
+
+
+async def run(config: Config) -> None:
+    keyring = Keyring.from_config(config)
+    nc = await bus.connect(config, "api")
+    js = nc.jetstream()
+    await bus.ensure(js, config)
+    workers = WorkerDirectory(js, stale_after_s=3 * config.worker.announce_every_s)
+    await workers.start()
+    app = create_app(ApiContext(config=config, keyring=keyring, tasks=Tasks(config, nc), workers=workers))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, config.api.host, config.api.port)
+        await site.start()
+        log.info("api listening on http://%s:%d", config.api.host, config.api.port)
+        await stop_event().wait()
+    finally:
+        await runner.cleanup()
+        await workers.stop()
+        await nc.drain()

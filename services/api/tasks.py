@@ -1,0 +1,102 @@
+"""The API's side of the bus, shared by every dialect: store inputs, submit jobs, read tasks."""
+
+import logging
+import time
+import uuid
+
+import nats.errors
+from nats.js.api import DeliverPolicy
+
+from schemas import subjects
+from schemas.codec import decode, decode_event, encode
+from schemas.events import Accepted, Failed
+from schemas.jobs import Job, JobSpec
+from schemas.queries import TaskGet, TaskRecord, TaskReply
+from schemas.subjects import Priority
+from services import bus, storage, taskstate
+from services.config import Config
+
+from .auth import Principal
+from .errors import ApiError
+from .inputs import InputImage
+
+log = logging.getLogger("diffbus.api")
+
+IDEMPOTENCY_NS = uuid.UUID("6f1c3a52-3d0e-4d8e-9a34-5b0c8e2f7a10")
+
+
+class Tasks:
+    def __init__(self, config: Config, nc):
+        self.config = config
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.storage = storage.ObjectStoreStorage(self.js)
+
+    async def store_input(self, image: InputImage) -> str:
+        """Store an input image under its sha256; jobs carry the key, never the bytes."""
+        key = storage.input_key(image.sha256, image.extension)
+        await self.storage.put(key, image.data)
+        return key
+
+    @staticmethod
+    def task_id_for(principal: Principal, idempotency_key: str | None) -> str:
+        if idempotency_key:
+            return str(uuid.uuid5(IDEMPOTENCY_NS, f"{principal.owner}\n{idempotency_key}"))
+        return str(uuid.uuid4())
+
+    async def submit(self, spec: JobSpec, principal: Principal, *, dialect: str,
+                     callback_url: str | None = None, priority: Priority = Priority.NORMAL,
+                     task_id: str | None = None, idempotency_key: str | None = None) -> str:
+        """Publish `accepted` (the audit record, with the whole spec) and then the job."""
+        task_id = task_id or self.task_id_for(principal, idempotency_key)
+        if idempotency_key and await bus.last_event(self.js, task_id, Accepted.name()) is not None:
+            return task_id  # a retried submit: the task exists already
+        accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
+                            priority=priority, dialect=dialect, callback_url=callback_url)
+        try:
+            await bus.publish_event(self.js, accepted)
+        except (nats.errors.Error, TimeoutError) as e:
+            raise ApiError(503, f"job queue unavailable: {e}") from e
+        try:
+            await self.js.publish(subjects.generate_job(priority, spec.model),
+                                  encode(Job(task_id=task_id, spec=spec, priority=priority)),
+                                  headers={"Nats-Msg-Id": subjects.job_msg_id(task_id)})
+        except (nats.errors.Error, TimeoutError) as e:
+            log.error("task %s accepted but not queued: %s", task_id, e)
+            await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
+                                                    error="the job could not be queued"))
+            raise ApiError(503, f"job queue unavailable: {e}") from e
+        return task_id
+
+    async def get(self, task_id: str, principal: Principal) -> TaskRecord:
+        """The task as the projector holds it; 404 when unknown or someone else's."""
+        if not subjects.is_valid_task_id(task_id):
+            raise ApiError(404, "Task not found")
+        record = None
+        try:
+            reply = await self.nc.request(subjects.TASK_GET, encode(TaskGet(task_id=task_id)),
+                                          timeout=self.config.api.query_timeout_s)
+            record = decode(reply.data, TaskReply).task
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            log.warning("projector did not answer; reading task %s from the stream", task_id)
+        if record is None:
+            # Not projected yet (or the projector is down): fold the task's events from the stream.
+            record = await self._from_stream(task_id)
+        if record is None or not principal.may_see(record.owner):
+            raise ApiError(404, "Task not found")
+        return record
+
+    async def _from_stream(self, task_id: str) -> TaskRecord | None:
+        if await bus.last_event(self.js, task_id, Accepted.name()) is None:
+            return None
+        sub = await self.js.subscribe(subjects.task_event(task_id, ">"), ordered_consumer=True,
+                                      deliver_policy=DeliverPolicy.ALL)
+        record = None
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=self.config.api.query_timeout_s)
+                record = taskstate.apply(record, decode_event(msg.data))
+                if msg.metadata.num_pending == 0:
+                    return record
+        finally:
+            await sub.unsubscribe()

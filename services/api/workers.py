@@ -1,0 +1,48 @@
+"""What the workers announce (the `workers` KV bucket), watched so /health answers from memory."""
+
+import asyncio
+import logging
+import time
+
+from schemas import subjects
+from schemas.codec import decode
+from schemas.workers import WorkerAnnouncement
+
+log = logging.getLogger("diffbus.api")
+
+
+class WorkerDirectory:
+    def __init__(self, js, stale_after_s: float):
+        self.js = js
+        self.stale_after_s = stale_after_s
+        self.workers: dict[str, WorkerAnnouncement] = {}
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        kv = await self.js.key_value(subjects.WORKERS_BUCKET)
+        self._watcher = await kv.watchall()
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await self._watcher.stop()
+
+    async def _follow(self) -> None:
+        async for entry in self._watcher:
+            if entry is None:
+                continue
+            if entry.operation in ("DEL", "PURGE") or not entry.value:
+                self.workers.pop(entry.key, None)
+                continue
+            try:
+                self.workers[entry.key] = decode(entry.value, WorkerAnnouncement)
+            except Exception as e:  # noqa: BLE001 - one bad entry must not stop the watch
+                log.warning("bad worker announcement %s: %s", entry.key, e)
+
+    def live(self) -> list[WorkerAnnouncement]:
+        now = time.time()
+        return [w for w in self.workers.values() if now - w.at < self.stale_after_s]
+
+    def loaded_models(self) -> set[str]:
+        return {m for w in self.live() for m in w.models_loaded}

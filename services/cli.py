@@ -1,0 +1,70 @@
+"""diffbus command line: `up` for one machine, one command per service for a fleet."""
+
+import argparse
+import logging
+import os
+import sys
+
+from .config import ConfigError, load
+
+SERVICE_COMMANDS = ("up", "api", "gpu-worker", "projector")
+
+
+def _quiet_libraries() -> None:
+    # Models load from local folders only; no download progress bars in service logs.
+    for name, value in {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                        "TRANSFORMERS_VERBOSITY": "error", "DIFFUSERS_VERBOSITY": "error",
+                        "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(name, value)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="diffbus", description="Stable Diffusion jobs over NATS JetStream")
+    commands = p.add_subparsers(dest="command", required=True)
+    for name in SERVICE_COMMANDS:
+        c = commands.add_parser(name, help="run every service" if name == "up" else f"run the {name} service")
+        c.add_argument("--config", help="config.yaml (default: built-in defaults and DIFFBUS_* variables)")
+        c.add_argument("--nats", help="NATS URL, overriding nats.url")
+        if name == "projector":
+            c.add_argument("--rebuild", action="store_true",
+                           help="delete the task database and replay the TASKS stream into a fresh one")
+    demo = commands.add_parser("demo-model", help="build the tiny random-weight demo model into a folder")
+    demo.add_argument("path")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet_libraries()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if args.command == "demo-model":
+        from .gpu_worker import demo_model
+
+        print(demo_model.ensure(args.path))
+        return 0
+    try:
+        config = load(args.config, **({"nats": {"url": args.nats}} if args.nats else {}))
+        if args.command == "up":
+            from .up import up
+
+            return up(config)
+        if args.command == "api":
+            from . import api
+
+            api.main(config)
+        elif args.command == "gpu-worker":
+            from . import gpu_worker
+
+            gpu_worker.main(config)
+        elif args.command == "projector":
+            from . import projector
+
+            projector.main(config, rebuild=args.rebuild)
+    except ConfigError as e:
+        print(f"diffbus: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Typed config: config.yaml, then DIFFBUS_* environment variables, validated once at start.
+
+Environment overrides use `__` between levels: DIFFBUS_API__PORT=8001, DIFFBUS_NATS__URL=nats://h:4222.
+Values are parsed as YAML, so numbers, booleans and lists work.
+"""
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+
+ENV_PREFIX = "DIFFBUS_"
+DEMO_MODEL = "demo"
+
+Positive = Annotated[int, msgspec.Meta(gt=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says where."""
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ApiKey(_Section):
+    key: Annotated[str, msgspec.Meta(min_length=8)]
+    name: str | None = None  # owner name recorded with tasks; default derived from the key
+    admin: bool = False  # sees every key's tasks
+
+
+class ApiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    keys: list[str | ApiKey] = []
+    key_header: str = "X-API-Key"
+    public_base_url: str | None = None  # base of result URLs; default: the request's own origin
+    max_body_bytes: Positive = 32 * 1024 * 1024
+    query_timeout_s: Seconds = 5.0
+
+
+class Limits(_Section):
+    """Every request limit, checked at the edge."""
+
+    max_width: Positive = 2048
+    max_height: Positive = 2048
+    min_size: Positive = 64
+    max_steps: Positive = 150
+    max_images: Annotated[int, msgspec.Meta(ge=1, le=10)] = 10
+    max_prompt_chars: Positive = 10_000
+    max_init_image_bytes: Positive = 16 * 1024 * 1024
+    max_guidance_scale: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
+class Defaults(_Section):
+    steps: Positive = 20
+    guidance_scale: float = 7.5
+    strength: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.75
+
+
+class ModelConfig(_Section):
+    name: str
+    path: str | None = None  # diffusers folder; None only for the built-in `demo` model
+    width: Positive = 512  # default size when a request names none
+    height: Positive = 512
+    scheduler: str | None = None  # default scheduler class name; None: the model's own
+
+
+class NatsConfig(_Section):
+    url: str = "nats://127.0.0.1:4222"
+
+
+class WorkerConfig(_Section):
+    models: list[str] = []  # models this worker serves; empty: every configured model
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    ack_wait_s: Seconds = 30.0  # a job not heartbeated for this long goes to another worker
+    max_deliver: Positive = 3  # attempts before a job ends failed
+    announce_every_s: Seconds = 5.0
+
+
+class ProjectorConfig(_Section):
+    db: str = "tasks.db"  # relative to data_dir
+
+
+class Config(_Section):
+    data_dir: str = "data"
+    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
+    limits: Limits = msgspec.field(default_factory=Limits)
+    defaults: Defaults = msgspec.field(default_factory=Defaults)
+    models: list[ModelConfig] = []  # empty: the built-in `demo` model
+    default_model: str | None = None  # default: the first model
+    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
+    projector: ProjectorConfig = msgspec.field(default_factory=ProjectorConfig)
+    tasks_max_age_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    source: str | None = None  # the file this config came from (set by load)
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            self.models = [ModelConfig(name=DEMO_MODEL, width=64, height=64)]
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise msgspec.ValidationError("model names must be unique - at `$.models`")
+        for m in self.models:
+            if m.path is None and m.name != DEMO_MODEL:
+                raise msgspec.ValidationError(f"model {m.name!r} needs a path - at `$.models`")
+        if self.default_model is None:
+            self.default_model = names[0]
+        elif self.default_model not in names:
+            raise msgspec.ValidationError(
+                f"default_model {self.default_model!r} is not one of {names} - at `$.default_model`")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def uses_demo_model(self) -> bool:
+        return any(m.name == DEMO_MODEL and m.path is None for m in self.models)
+
+    def model(self, name: str) -> ModelConfig | None:
+        return next((m for m in self.models if m.name == name), None)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = tree.get(part)
+        if not isinstance(node, dict):
+            node = tree[part] = {}
+        tree = node
+    tree[path[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            path = name[len(ENV_PREFIX):].lower().split("__")
+            _set_path(tree, path, yaml.safe_load(raw) if raw else None)
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
+         **overrides: Any) -> Config:
+    """Build the Config from a YAML file (optional), DIFFBUS_* variables and keyword overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    raw = _merge(raw, env_overrides(os.environ if environ is None else environ))
+    raw = _merge(raw, overrides)
+    if path is not None:
+        raw["source"] = str(path)
+    try:
+        return msgspec.convert(raw, Config)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"{path or 'config'}: {e}") from e

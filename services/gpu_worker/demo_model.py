@@ -1,0 +1,81 @@
+"""The `demo` model: a tiny Stable Diffusion 1.x pipeline with random weights, built from configs with
+a small self-written CLIP vocabulary, saved as an ordinary diffusers folder and then loaded like any
+real model. It draws noise-like pictures fast on a CPU: for trying the service and for tests."""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# 0.5 KB of vocabulary instead of CLIP's 49k tokens: every byte alone and with the end-of-word mark,
+# no merges, so any text tokenizes without <unk>.
+SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2/CLIP's printable stand-in for each of the 256 bytes."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = [b for b in range(256) if b not in printable]
+    codes = printable + [256 + i for i in range(len(extra))]
+    return [chr(c) for c in codes]
+
+
+def write_tokenizer(folder: Path) -> None:
+    chars = _byte_chars()
+    vocab = chars + [c + "</w>" for c in chars] + SPECIAL_TOKENS
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+def build(path: Path, seed: int = 0) -> Path:
+    """Build the demo pipeline into `path` (atomically: concurrent builders do not collide)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=path.parent))
+    try:
+        write_tokenizer(staging / "tokenizer-src")
+        tokenizer = CLIPTokenizer.from_pretrained(staging / "tokenizer-src", model_max_length=77)
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+        vae = AutoencoderKL(
+            block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+            layers_per_block=1, norm_num_groups=32, sample_size=64)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+            num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
+        # The scheduler config Stable Diffusion 1.5 ships.
+        scheduler = PNDMScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+            skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
+        pipe = StableDiffusionPipeline(
+            unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        out = staging / "model"
+        pipe.save_pretrained(out)
+        try:
+            os.rename(out, path)
+        except OSError:
+            if not (path / "model_index.json").exists():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def ensure(path: Path) -> Path:
+    path = Path(path)
+    return path if (path / "model_index.json").exists() else build(path)

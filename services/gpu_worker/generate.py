@@ -1,0 +1,63 @@
+"""One JobSpec through a diffusers pipeline: a fresh scheduler per job, one seeded generator per image."""
+
+from collections.abc import Callable
+
+from PIL import Image
+
+from schemas.jobs import SCHEDULERS, Img2Img, JobSpec
+
+
+class GenerationError(Exception):
+    """The job cannot be done as asked (bad parameters that slipped past the API): fail, do not retry."""
+
+
+class Interrupted(Exception):
+    """Generation stopped between steps because the worker is stopping."""
+
+
+def scheduler_for(pipe, name: str | None):
+    import diffusers
+
+    if name is None:
+        return type(pipe.scheduler).from_config(pipe.scheduler.config)
+    if name not in SCHEDULERS:
+        raise GenerationError(f"unknown scheduler {name!r}")
+    return getattr(diffusers, name).from_config(pipe.scheduler.config)
+
+
+def run(pipe, spec: JobSpec, init_image: Image.Image | None,
+        should_stop: Callable[[], bool] = lambda: False) -> list[Image.Image]:
+    """Generate the images of `spec` (blocking; run it in an executor)."""
+    import torch
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+
+    scheduler = scheduler_for(pipe, spec.scheduler)
+    view_class = AutoPipelineForImage2Image if isinstance(spec, Img2Img) else AutoPipelineForText2Image
+    view = view_class.from_pipe(pipe, scheduler=scheduler)
+    view.set_progress_bar_config(disable=True)
+
+    def on_step_end(p, step, timestep, tensors):
+        if should_stop():
+            p._interrupt = True
+        return tensors
+
+    common = dict(
+        prompt=spec.prompt,
+        negative_prompt=spec.negative_prompt or None,
+        num_images_per_prompt=spec.num_images,
+        num_inference_steps=spec.steps,
+        guidance_scale=spec.guidance_scale,
+        # CPU generators: the same seed gives the same image on any device.
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds],
+        callback_on_step_end=on_step_end,
+    )
+    with torch.inference_mode():
+        if isinstance(spec, Img2Img):
+            if init_image is None:
+                raise GenerationError("img2img job without its init image")
+            out = view(image=init_image.convert("RGB"), strength=spec.strength, **common)
+        else:
+            out = view(width=spec.width, height=spec.height, **common)
+    if should_stop():
+        raise Interrupted()
+    return out.images

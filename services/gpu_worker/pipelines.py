@@ -1,0 +1,70 @@
+"""Model registry: which models this worker serves, where they live, and the loaded pipelines."""
+
+import logging
+from pathlib import Path
+
+from services.config import DEMO_MODEL, Config, ModelConfig
+
+from . import demo_model
+
+log = logging.getLogger("diffbus.gpu_worker")
+
+
+def pick_device(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+class ModelRegistry:
+    """Loads each served model once; CUDA gets fp16, the CPU fp32."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        wanted = config.worker.models or [m.name for m in config.models]
+        unknown = [name for name in wanted if config.model(name) is None]
+        if unknown:
+            raise ValueError(f"worker.models names unknown models: {unknown}")
+        self.served: list[ModelConfig] = [m for m in config.models if m.name in wanted]
+        self.device = pick_device(config.worker.device)
+        self._loaded: dict[str, object] = {}
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def model_path(self, model: ModelConfig) -> Path:
+        if model.path is not None:
+            return Path(model.path)
+        assert model.name == DEMO_MODEL
+        return demo_model.ensure(self.config.data_path / "models" / DEMO_MODEL)
+
+    def pipeline(self, name: str):
+        """The loaded text-to-image pipeline of `name` (blocking: call from the executor)."""
+        pipe = self._loaded.get(name)
+        if pipe is None:
+            pipe = self._loaded[name] = self._load(self._served(name))
+        return pipe
+
+    def _served(self, name: str) -> ModelConfig:
+        for model in self.served:
+            if model.name == name:
+                return model
+        raise KeyError(f"this worker does not serve model {name!r}")
+
+    def _load(self, model: ModelConfig):
+        import torch
+        from diffusers import AutoPipelineForText2Image
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+
+        path = self.model_path(model)
+        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        pipe = AutoPipelineForText2Image.from_pretrained(
+            path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        pipe.to(self.device)
+        log.info("loaded model %s from %s on %s (%s)", model.name, path, self.device, dtype)
+        return pipe

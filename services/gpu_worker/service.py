@@ -1,0 +1,230 @@
+"""gpu_worker: pulls generation jobs for the models it serves (high priority first), runs them in an
+executor while heartbeating the message, stores the images and publishes the terminal event before it
+acks. A worker that dies leaves its job to be redelivered to another."""
+
+import asyncio
+import io
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig
+from PIL import Image
+
+from schemas import subjects
+from schemas.codec import decode, encode
+from schemas.events import Cancelled, Completed, Failed, ImageResult, Started
+from schemas.jobs import Img2Img, Job
+from schemas.subjects import PRIORITY_ORDER
+from schemas.workers import WorkerAnnouncement
+from services import bus, storage
+from services.config import Config
+from services.lifecycle import stop_event
+
+from . import generate, images
+from .pipelines import ModelRegistry
+
+log = logging.getLogger("diffbus.gpu_worker")
+
+IDLE_POLL_S = 1.0  # re-poll this often without a doorbell, for redeliveries
+PROBE_S = 0.02  # how long a pull request waits on a queue that may be empty
+TERMINAL_EVENTS = (Completed.name(), Failed.name(), Cancelled.name())
+
+
+class GpuWorker:
+    def __init__(self, config: Config, nc, registry: ModelRegistry):
+        self.config = config
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.storage = storage.ObjectStoreStorage(self.js)
+        self.registry = registry
+        self.id = bus.worker_id("gpu")
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="generate")
+        self.stopping = False  # read by the generation thread between steps
+        self.doorbell = asyncio.Event()
+        self.queues: list = []  # pull subscriptions, in the order they are served
+        self.subs: list = []  # core subscriptions
+
+    async def run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        for model in self.registry.served:
+            await loop.run_in_executor(self.executor, self.registry.pipeline, model.name)
+        kv = await self.js.key_value(subjects.WORKERS_BUCKET)
+        tasks = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
+        await self._subscribe()
+        log.info("worker %s ready: models %s on %s", self.id, self.registry.loaded, self.registry.device)
+        try:
+            while not self.stopping:
+                self.doorbell.clear()
+                msg = await self._next_job()
+                if msg is not None:
+                    await self._handle(msg)
+                    continue
+                try:
+                    await asyncio.wait_for(self.doorbell.wait(), IDLE_POLL_S)
+                except TimeoutError:
+                    pass
+        finally:
+            for task in tasks:
+                task.cancel()
+            for sub in self.queues + self.subs:
+                await sub.unsubscribe()
+            try:
+                await kv.delete(self._kv_key)
+            except Exception:  # noqa: BLE001 - the entry expires anyway
+                pass
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _on_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stopping = True
+        self.doorbell.set()
+
+    @property
+    def _kv_key(self) -> str:
+        return subjects.model_token(self.id)
+
+    async def _announce(self, kv) -> None:
+        while True:
+            note = WorkerAnnouncement(
+                worker=self.id, kind="gpu", models_served=[m.name for m in self.registry.served],
+                models_loaded=self.registry.loaded, device=self.registry.device, at=time.time())
+            try:
+                await kv.put(self._kv_key, encode(note))
+            except Exception as e:  # noqa: BLE001 - keep announcing through reconnects
+                log.warning("announce failed: %s", e)
+            await asyncio.sleep(self.config.worker.announce_every_s)
+
+    async def _subscribe(self) -> None:
+        wcfg = self.config.worker
+        for priority in PRIORITY_ORDER:  # every model's high-priority queue before any normal one
+            for model in self.registry.served:
+                self.queues.append(await self.js.pull_subscribe(
+                    subjects.generate_job(priority, model.name),
+                    durable=subjects.gpu_durable(model.name, priority),
+                    stream=subjects.JOBS,
+                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_s,
+                                          max_deliver=wcfg.max_deliver, max_ack_pending=1000)))
+        # A doorbell: job publishes reach core subscribers too, so an idle worker wakes at once.
+        for model in self.registry.served:
+            self.subs.append(await self.nc.subscribe(
+                subjects.generate_jobs_any_priority(model.name), cb=self._ring))
+        self.subs.append(await self.nc.subscribe(
+            subjects.max_deliveries_advisory(subjects.JOBS), queue="gpu-advisories",
+            cb=self._on_max_deliveries))
+
+    async def _ring(self, _msg) -> None:
+        self.doorbell.set()
+
+    async def _next_job(self):
+        for sub in self.queues:
+            try:
+                return (await sub.fetch(1, timeout=PROBE_S))[0]
+            except nats.errors.TimeoutError:
+                continue
+        return None
+
+    async def _handle(self, msg) -> None:
+        attempt = msg.metadata.num_delivered
+        try:
+            job = decode(msg.data, Job)
+        except Exception as e:  # noqa: BLE001 - a message we cannot read can never succeed
+            log.error("dropping undecodable job %s: %s", msg.metadata.sequence.stream, e)
+            await msg.term()
+            return
+        task_id = job.task_id
+        if attempt > 1 and await self._finished(task_id):
+            await msg.ack()
+            return
+        await bus.publish_event(self.js, Started(task_id=task_id, at=time.time(), worker=self.id,
+                                                 attempt=attempt), attempt=attempt)
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        started = time.perf_counter()
+        try:
+            results = await self._generate(job)
+        except generate.Interrupted:
+            log.info("task %s interrupted by shutdown; handing it back", task_id)
+            await msg.nak()
+        except generate.GenerationError as e:
+            await self._fail(msg, task_id, str(e))
+        except Exception as e:  # noqa: BLE001 - transient until max_deliver
+            log.exception("task %s attempt %d failed", task_id, attempt)
+            if attempt >= self.config.worker.max_deliver:
+                await self._fail(msg, task_id, f"failed after {attempt} attempts: {e}")
+            else:
+                await msg.nak(delay=2.0 ** attempt)
+        else:
+            await bus.publish_event(self.js, Completed(
+                task_id=task_id, at=time.time(), worker=self.id, images=results,
+                elapsed_s=time.perf_counter() - started))
+            await msg.ack_sync()
+        finally:
+            heartbeat.cancel()
+
+    async def _fail(self, msg, task_id: str, error: str) -> None:
+        await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(), error=error, worker=self.id))
+        await msg.term()
+
+    async def _finished(self, task_id: str) -> bool:
+        for event in TERMINAL_EVENTS:
+            if await bus.last_event(self.js, task_id, event) is not None:
+                return True
+        return False
+
+    async def _keep_alive(self, msg) -> None:
+        while True:
+            await asyncio.sleep(self.config.worker.ack_wait_s / 3)
+            try:
+                await msg.in_progress()
+            except Exception as e:  # noqa: BLE001 - a missed heartbeat only risks a redelivery
+                log.warning("heartbeat failed: %s", e)
+
+    async def _generate(self, job: Job) -> list[ImageResult]:
+        spec = job.spec
+        init_image = None
+        if isinstance(spec, Img2Img):
+            data = await self.storage.get(spec.init_image)
+            if data is None:
+                raise generate.GenerationError(f"input image {spec.init_image} is missing from storage")
+            init_image = Image.open(io.BytesIO(data))
+
+        def work() -> list[bytes]:
+            pipe = self.registry.pipeline(spec.model)
+            pictures = generate.run(pipe, spec, init_image, should_stop=lambda: self.stopping)
+            return [images.encode(p, spec.output_format, images.infotext(spec, seed))
+                    for p, seed in zip(pictures, spec.seeds)]
+
+        encoded = await asyncio.get_running_loop().run_in_executor(self.executor, work)
+        results = []
+        for i, (data, seed) in enumerate(zip(encoded, spec.seeds)):
+            key = storage.result_key(job.task_id, i, spec.output_format.extension)
+            await self.storage.put(key, data)
+            results.append(ImageResult(key=key, content_type=spec.output_format.content_type,
+                                       width=spec.width, height=spec.height, seed=seed))
+        return results
+
+    async def _on_max_deliveries(self, msg) -> None:
+        """A job whose every attempt died with its worker: end it failed and drop it from the queue."""
+        try:
+            seq = decode(msg.data, subjects.MaxDeliveriesAdvisory).stream_seq
+            stored = await self.js.get_msg(subjects.JOBS, seq)
+            job = decode(stored.data, Job)
+        except Exception as e:  # noqa: BLE001 - already gone, or not ours
+            log.debug("max-deliveries advisory not handled: %s", e)
+            return
+        attempts = self.config.worker.max_deliver
+        await bus.publish_event(self.js, Failed(
+            task_id=job.task_id, at=time.time(),
+            error=f"no worker finished the job in {attempts} attempts (workers stopped or crashed)"))
+        await self.js.delete_msg(subjects.JOBS, seq)
+
+
+async def run(config: Config) -> None:
+    registry = ModelRegistry(config)
+    nc = await bus.connect(config, "gpu-worker")
+    try:
+        await bus.ensure(nc.jetstream(), config)
+        await GpuWorker(config, nc, registry).run(stop_event())
+    finally:
+        await nc.drain()

@@ -1,0 +1,59 @@
+"""The task database (SQLite via sqlite-utils): one row per task, written only by the projector.
+
+Each row keeps the stream sequence of the last event applied to it, so applying an event twice (a
+redelivery, a replay) changes nothing.
+"""
+
+from pathlib import Path
+
+import sqlite_utils
+
+from schemas.codec import decode, encode
+from schemas.events import AnyTaskEvent
+from schemas.queries import TaskRecord
+from services import taskstate
+
+
+class TaskDB:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite_utils.Database(path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.tasks = self.db.table("tasks")
+        if not self.tasks.exists():
+            self.tasks.create({
+                "task_id": str, "owner": str, "status": str, "kind": str, "model": str,
+                "created_at": float, "updated_at": float, "last_seq": int, "record": str,
+            }, pk="task_id")
+            self.tasks.create_index(["owner", "created_at"])
+            self.tasks.create_index(["created_at"])
+
+    def get(self, task_id: str) -> TaskRecord | None:
+        row = next(self.tasks.rows_where("task_id = ?", [task_id], select="record"), None)
+        return None if row is None else decode(row["record"].encode(), TaskRecord)
+
+    def apply(self, events: list[tuple[int, AnyTaskEvent]]) -> None:
+        """Apply (stream sequence, event) pairs in one transaction."""
+        with self.db.conn:
+            for seq, event in events:
+                row = next(self.tasks.rows_where("task_id = ?", [event.task_id],
+                                                 select="last_seq, record"), None)
+                if row is not None and seq <= row["last_seq"]:
+                    continue
+                before = None if row is None else decode(row["record"].encode(), TaskRecord)
+                after = taskstate.apply(before, event)
+                if after is None:
+                    continue
+                self.tasks.upsert({
+                    "task_id": after.task_id, "owner": after.owner, "status": after.status.value,
+                    "kind": after.spec.__struct_config__.tag, "model": after.spec.model,
+                    "created_at": after.created_at, "updated_at": after.updated_at,
+                    "last_seq": seq, "record": encode(after).decode(),
+                }, pk="task_id")
+
+    def rows(self) -> list[dict]:
+        return list(self.tasks.rows_where(order_by="task_id"))
+
+    def close(self) -> None:
+        self.db.close()

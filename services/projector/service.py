@@ -1,0 +1,73 @@
+"""The projector: folds the TASKS stream into SQLite and answers task queries over NATS."""
+
+import asyncio
+import logging
+
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from schemas import subjects
+from schemas.codec import decode, decode_event, encode
+from schemas.queries import TaskGet, TaskReply
+from services import bus
+from services.config import Config
+from services.lifecycle import stop_event
+
+from .db import TaskDB
+
+log = logging.getLogger("diffbus.projector")
+
+BATCH = 256
+
+
+async def run(config: Config, rebuild: bool = False) -> None:
+    db_path = config.data_path / config.projector.db
+    nc = await bus.connect(config, "projector")
+    js = nc.jetstream()
+    await bus.ensure(js, config)
+    if rebuild:
+        db_path.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+        try:
+            await js.delete_consumer(subjects.TASKS, subjects.PROJECTOR_DURABLE)
+        except NotFoundError:
+            pass
+        log.info("rebuilding %s from the TASKS stream", db_path)
+    db = TaskDB(db_path)
+
+    async def answer_get(msg) -> None:
+        try:
+            query = decode(msg.data, TaskGet)
+        except Exception as e:  # noqa: BLE001 - a bad query must not stop the projector
+            log.warning("bad task query: %s", e)
+            return
+        await msg.respond(encode(TaskReply(task=db.get(query.task_id))))
+
+    query_sub = await nc.subscribe(subjects.TASK_GET, queue=subjects.PROJECTOR_QUEUE, cb=answer_get)
+    events = await js.pull_subscribe(
+        subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS,
+        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+                              ack_wait=30, max_ack_pending=10_000))
+    log.info("projector ready: %s", db_path)
+    stop = stop_event()
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await events.fetch(BATCH, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            batch = []
+            for m in msgs:
+                try:
+                    batch.append((m.metadata.sequence.stream, decode_event(m.data)))
+                except Exception as e:  # noqa: BLE001 - an undecodable event is skipped, not retried
+                    log.error("skipping undecodable event at %s: %s", m.subject, e)
+            db.apply(batch)
+            await asyncio.gather(*(m.ack() for m in msgs))
+    finally:
+        await events.unsubscribe()
+        await query_sub.unsubscribe()
+        await nc.drain()
+        db.close()

@@ -1,0 +1,57 @@
+"""Image storage: the Storage protocol and its JetStream object store backend (the default)."""
+
+import mimetypes
+from typing import Protocol
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+from schemas import subjects
+
+
+class Storage(Protocol):
+    async def put(self, key: str, data: bytes) -> None: ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+
+def content_type(key: str) -> str:
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
+
+
+def input_key(sha256_hex: str, extension: str) -> str:
+    return f"inputs/{sha256_hex}.{extension}"
+
+
+def result_key(task_id: str, index: int, extension: str) -> str:
+    return f"results/{task_id}/{index}.{extension}"
+
+
+class ObjectStoreStorage:
+    """Objects in the JetStream object store bucket `images`: nothing to run beside nats-server."""
+
+    def __init__(self, js: JetStreamContext):
+        self._js = js
+        self._store = None
+
+    async def _bucket(self):
+        if self._store is None:
+            self._store = await self._js.object_store(subjects.IMAGES_BUCKET)
+        return self._store
+
+    async def put(self, key: str, data: bytes) -> None:
+        await (await self._bucket()).put(key, data)
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            return (await (await self._bucket()).get(key)).data
+        except (ObjectNotFoundError, NotFoundError):
+            return None
+
+    async def delete(self, key: str) -> None:
+        try:
+            await (await self._bucket()).delete(key)
+        except (ObjectNotFoundError, NotFoundError):
+            pass

@@ -1,0 +1,40 @@
+"""Task state as a fold of task events: pure, shared by the projector and by the API's read-through
+for tasks the projector has not applied yet."""
+
+import msgspec
+
+from schemas.events import (
+    STATUS_AFTER,
+    Accepted,
+    AnyTaskEvent,
+    Cancelled,
+    Completed,
+    Failed,
+    Started,
+)
+from schemas.queries import TaskRecord
+
+
+def apply(record: TaskRecord | None, event: AnyTaskEvent) -> TaskRecord | None:
+    """The record after `event`. A terminal status is final: later events do not change it, so a job
+    redelivered after a worker died cannot reopen or double a finished task."""
+    if isinstance(event, Accepted):
+        if record is not None:
+            return record
+        return TaskRecord(
+            task_id=event.task_id, owner=event.owner, status=STATUS_AFTER[Accepted], spec=event.spec,
+            priority=event.priority, dialect=event.dialect, callback_url=event.callback_url,
+            created_at=event.at, updated_at=event.at)
+    if record is None or record.status.is_terminal():
+        return record
+    changes: dict = {"status": STATUS_AFTER[type(event)], "updated_at": event.at}
+    match event:
+        case Started():
+            changes.update(worker=event.worker, attempts=event.attempt, started_at=event.at)
+        case Completed():
+            changes.update(worker=event.worker, images=event.images, finished_at=event.at)
+        case Failed():
+            changes.update(error_message=event.error, finished_at=event.at)
+        case Cancelled():
+            changes.update(finished_at=event.at)
+    return msgspec.structs.replace(record, **changes)

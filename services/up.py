@@ -1,0 +1,118 @@
+"""`diffbus up`: nats-server and every service on one machine, supervised.
+
+Services run as child processes (as in a fleet, just closer together); one that dies is restarted.
+Ctrl-C or SIGTERM stops them in order (api first, nats-server last) so in-flight work settles.
+"""
+
+import logging
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .api.auth import key_file
+from .config import Config
+from .embedded import EmbeddedNats
+from .lifecycle import die_with_parent
+
+log = logging.getLogger("diffbus.up")
+
+SERVICES = ("projector", "gpu-worker", "api")  # start order; stopped in reverse
+STOP_TIMEOUT_S = 20.0
+
+
+def ensure_api_key(config: Config) -> None:
+    """With no keys configured, create one in data/api-key on first start and show it once."""
+    if config.api.keys:
+        return
+    path = key_file(config)
+    if path.exists():
+        log.info("using the API key in %s", path)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::") else config.api.host
+    print(f"\nCreated an API key in {path} (shown once; it stays in that file):\n\n  {key}\n\n"
+          f"Try it:\n  curl -s -X POST http://{host}:{config.api.port}/api/v1/generate "
+          f"-H 'Content-Type: application/json' -H '{config.api.key_header}: {key}' "
+          "-d '{\"prompt\": \"a lighthouse at dusk\", \"seed\": 42}'\n", flush=True)
+
+
+class Supervisor:
+    def __init__(self, config: Config, nats_url: str):
+        self.config = config
+        self.nats_url = nats_url
+        self.children: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {}
+        self.stopping = False
+
+    def command(self, service: str) -> list[str]:
+        cmd = [sys.executable, "-m", "services.cli", service, "--nats", self.nats_url]
+        return cmd + (["--config", self.config.source] if self.config.source else [])
+
+    def spawn(self, service: str) -> None:
+        self.children[service] = subprocess.Popen(self.command(service), start_new_session=True,
+                                                  preexec_fn=die_with_parent)
+
+    def run(self) -> int:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        for service in SERVICES:
+            self.spawn(service)
+        next_start: dict[str, float] = {}
+        while not self.stopping:
+            time.sleep(0.2)
+            for service, proc in list(self.children.items()):
+                if proc.poll() is None or self.stopping:
+                    continue
+                if service not in next_start:
+                    n = self.restarts[service] = self.restarts.get(service, 0) + 1
+                    delay = min(30.0, 2.0 ** (n - 1))
+                    log.warning("%s exited with code %s; restarting in %.0fs", service, proc.returncode, delay)
+                    next_start[service] = time.monotonic() + delay
+                elif time.monotonic() >= next_start[service]:
+                    del next_start[service]
+                    self.spawn(service)
+        self.stop()
+        return 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        if not self.stopping:
+            log.info("stopping (%s)", signal.Signals(signum).name)
+        self.stopping = True
+
+    def stop(self) -> None:
+        for service in reversed(SERVICES):
+            proc = self.children.get(service)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    log.warning("%s did not stop in %.0fs; killing it", service, STOP_TIMEOUT_S)
+                    proc.kill()
+                    proc.wait()
+
+
+def up(config: Config) -> int:
+    config.data_path.mkdir(parents=True, exist_ok=True)
+    ensure_api_key(config)
+    if config.uses_demo_model:
+        log.info("serving the built-in 'demo' model (tiny, random weights: noise-like pictures). "
+                 "To serve a real one, list it under `models:` in a config file and run "
+                 "`make run CONFIG=config.yaml` (see README)")
+    host = urlsplit(config.nats.url).hostname
+    nats = None
+    if host in ("127.0.0.1", "localhost", "::1"):
+        nats = EmbeddedNats(config.nats.url, Path(config.data_dir) / "nats").start()
+        log.info("nats-server with JetStream on %s (data in %s)", nats.url, nats.store_dir)
+    try:
+        return Supervisor(config, config.nats.url).run()
+    finally:
+        if nats is not None:
+            nats.stop()
