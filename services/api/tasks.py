@@ -77,7 +77,7 @@ class Tasks:
             reply = await self.nc.request(subjects.TASK_GET, encode(TaskGet(task_id=task_id)),
                                           timeout=self.config.api.query_timeout_s)
             record = decode(reply.data, TaskReply).task
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+        except (nats.errors.NoRespondersError, TimeoutError):
             log.warning("projector did not answer; reading task %s from the stream", task_id)
         if record is None:
             # Not projected yet (or the projector is down): fold the task's events from the stream.

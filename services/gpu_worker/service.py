@@ -8,7 +8,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig
 from PIL import Image
 
@@ -121,7 +120,7 @@ class GpuWorker:
         for sub in self.queues:
             try:
                 return (await sub.fetch(1, timeout=PROBE_S))[0]
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises both its own and the builtin one
                 continue
         return None
 

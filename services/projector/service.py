@@ -3,7 +3,6 @@
 import asyncio
 import logging
 
-import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -56,7 +55,7 @@ async def run(config: Config, rebuild: bool = False) -> None:
         while not stop.is_set():
             try:
                 msgs = await events.fetch(BATCH, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises both its own and the builtin one
                 continue
             batch = []
             for m in msgs:

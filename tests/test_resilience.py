@@ -1,0 +1,94 @@
+"""Workers die, projectors lose their database: tasks still end once, state is rebuilt from the stream."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+
+import aiohttp
+import nats
+import pytest
+
+from schemas import subjects
+from schemas.codec import decode_event
+
+from .conftest import Client, wait_ready
+from .stack import Stack, wait_until
+
+
+@pytest.fixture
+def two_worker_stack(tmp_path, demo_model):
+    s = Stack(tmp_path, demo_model).start_all(workers=2)
+    try:
+        wait_ready(s)
+        # Both workers announced: one alone could take the job and be the one killed.
+        wait_until(lambda: len(list(tmp_path.glob("gpu-worker-*.log"))) == 2 and all(
+            b"ready" in p.read_bytes() for p in tmp_path.glob("gpu-worker-*.log")), 90, "two workers", s)
+        yield s
+    finally:
+        s.close()
+
+
+async def count_events(js, task_id: str, event: str) -> int:
+    info = await js.stream_info(subjects.TASKS, subjects_filter=subjects.task_event(task_id, event))
+    return (info.state.subjects or {}).get(subjects.task_event(task_id, event), 0)
+
+
+async def test_worker_killed_mid_job_task_completes_once(two_worker_stack):
+    stack = two_worker_stack
+    nc = await nats.connect(stack.nats_url)
+    js = nc.jetstream()
+    started = await nc.subscribe(subjects.task_event("*", "started"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, stack.base_url)
+            task_id = await client.submit({"prompt": "slow", "width": 128, "height": 128,
+                                           "num_inference_steps": 60, "num_images": 2})
+            first = decode_event((await started.next_msg(timeout=30)).data)
+            assert first.task_id == task_id
+            pid = int(first.worker.rsplit("-", 1)[1])
+            os.kill(pid, signal.SIGKILL)
+            task = await client.wait(task_id, timeout=120)
+            assert task["status"] == "completed", task
+            assert len(task["result_urls"]) == 2
+            second = decode_event((await started.next_msg(timeout=5)).data)
+            assert second.task_id == task_id and second.worker != first.worker and second.attempt == 2
+        assert await count_events(js, task_id, "completed") == 1
+        assert await count_events(js, task_id, "started") == 2
+        objects = [o.name for o in await (await js.object_store(subjects.IMAGES_BUCKET)).list()]
+        assert sorted(o for o in objects if task_id in o) == [
+            f"results/{task_id}/0.png", f"results/{task_id}/1.png"]
+    finally:
+        await nc.close()
+
+
+def table_rows(db_path) -> list[tuple]:
+    with sqlite3.connect(db_path) as db:
+        return db.execute("SELECT * FROM tasks ORDER BY task_id").fetchall()
+
+
+async def test_projector_rebuilt_from_the_stream_has_the_same_rows(stack, client):
+    ids = [await client.submit({"prompt": f"p{i}", "num_inference_steps": 2}) for i in range(3)]
+    for task_id in ids:
+        await client.wait(task_id)
+    projector = next(p for p in stack.procs if p.args[3] == "projector" and p.poll() is None)
+    assert Stack.stop(projector) == 0
+    db_path = stack.root / "data" / "tasks.db"
+    before = table_rows(db_path)
+    assert {row[0] for row in before} >= set(ids)
+
+    db_path.unlink()
+    stack.start("projector", "--rebuild")
+    wait_until(lambda: db_path.exists() and len(table_rows(db_path)) == len(before), 30,
+               "the rebuilt database", stack)
+    assert table_rows(db_path) == before
+    # The API answers from the rebuilt projection.
+    assert (await (await client.task(ids[0])).json())["status"] == "completed"
+
+
+def test_demo_model_command_builds_a_loadable_folder(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "services.cli", "demo-model", str(tmp_path / "demo")],
+                         capture_output=True, text=True, check=True)
+    assert (tmp_path / "demo" / "model_index.json").exists()
+    assert out.stdout.strip() == str(tmp_path / "demo")
