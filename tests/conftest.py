@@ -43,6 +43,7 @@ def stack(tmp_path_factory, demo_model):
     try:
         wait_ready(s)
         yield s
+        assert not s.crashed(), f"a service died during the tests:\n{s.logs()}"
     finally:
         s.close()
 

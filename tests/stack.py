@@ -64,9 +64,14 @@ class Stack:
 
     @staticmethod
     def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        proc.stopped_on_purpose = True
         if proc.poll() is None:
             proc.send_signal(sig)
         return proc.wait(timeout)
+
+    def crashed(self) -> list[subprocess.Popen]:
+        """Services that exited without being asked to."""
+        return [p for p in self.procs if p.poll() is not None and not getattr(p, "stopped_on_purpose", False)]
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.args[3]} (pid {p.pid}) ---\n" + Path(p.log_path).read_text()[-3000:]

@@ -18,8 +18,8 @@ from .stack import Stack, wait_until
 
 
 @pytest.fixture
-def two_worker_stack(tmp_path, demo_model):
-    s = Stack(tmp_path, demo_model).start_all(workers=2)
+def two_worker_stack(tmp_path, demo_model, request):
+    s = Stack(tmp_path, demo_model, **getattr(request, "param", {})).start_all(workers=2)
     try:
         wait_ready(s)
         # Both workers announced: one alone could take the job and be the one killed.
@@ -35,6 +35,18 @@ async def count_events(js, task_id: str, event: str) -> int:
     return (info.state.subjects or {}).get(subjects.task_event(task_id, event), 0)
 
 
+SLOW_JOB = {"prompt": "slow", "width": 128, "height": 128, "num_inference_steps": 60, "num_images": 2}
+
+
+async def kill_worker_when_started(client: Client, started):
+    """Submit a slow job and SIGKILL the worker that starts it: (task id, its started event)."""
+    task_id = await client.submit(SLOW_JOB)
+    first = decode_event((await started.next_msg(timeout=30)).data)
+    assert first.task_id == task_id
+    os.kill(int(first.worker.rsplit("-", 1)[1]), signal.SIGKILL)
+    return task_id, first
+
+
 async def test_worker_killed_mid_job_task_completes_once(two_worker_stack):
     stack = two_worker_stack
     nc = await nats.connect(stack.nats_url)
@@ -43,12 +55,7 @@ async def test_worker_killed_mid_job_task_completes_once(two_worker_stack):
     try:
         async with aiohttp.ClientSession() as session:
             client = Client(session, stack.base_url)
-            task_id = await client.submit({"prompt": "slow", "width": 128, "height": 128,
-                                           "num_inference_steps": 60, "num_images": 2})
-            first = decode_event((await started.next_msg(timeout=30)).data)
-            assert first.task_id == task_id
-            pid = int(first.worker.rsplit("-", 1)[1])
-            os.kill(pid, signal.SIGKILL)
+            task_id, first = await kill_worker_when_started(client, started)
             task = await client.wait(task_id, timeout=120)
             assert task["status"] == "completed", task
             assert len(task["result_urls"]) == 2
@@ -59,6 +66,23 @@ async def test_worker_killed_mid_job_task_completes_once(two_worker_stack):
         objects = [o.name for o in await (await js.object_store(subjects.IMAGES_BUCKET)).list()]
         assert sorted(o for o in objects if task_id in o) == [
             f"results/{task_id}/0.png", f"results/{task_id}/1.png"]
+    finally:
+        await nc.close()
+
+
+@pytest.mark.parametrize("two_worker_stack", [{"worker": {"max_deliver": 1}}], indirect=True)
+async def test_job_whose_attempts_all_died_ends_failed_with_the_reason(two_worker_stack):
+    stack = two_worker_stack
+    nc = await nats.connect(stack.nats_url)
+    started = await nc.subscribe(subjects.task_event("*", "started"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, stack.base_url)
+            task_id, _ = await kill_worker_when_started(client, started)
+            task = await client.wait(task_id, timeout=60)
+        assert task["status"] == "failed"
+        assert "1 attempt(s)" in task["error_message"]
+        assert (await nc.jetstream().stream_info(subjects.JOBS)).state.messages == 0
     finally:
         await nc.close()
 

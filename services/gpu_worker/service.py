@@ -215,7 +215,7 @@ class GpuWorker:
         attempts = self.config.worker.max_deliver
         await bus.publish_event(self.js, Failed(
             task_id=job.task_id, at=time.time(),
-            error=f"no worker finished the job in {attempts} attempts (workers stopped or crashed)"))
+            error=f"no worker finished the job: {attempts} attempt(s) ended with the worker crashing or stopping"))
         await self.js.delete_msg(subjects.JOBS, seq)
 
 
