@@ -26,8 +26,8 @@ from .pipelines import ModelRegistry
 
 log = logging.getLogger("diffbus.gpu_worker")
 
-IDLE_POLL_S = 1.0  # re-poll this often without a doorbell, for redeliveries
-PROBE_S = 0.02  # how long a pull request waits on a queue that may be empty
+IDLE_POLL_S = 1.0  # without a doorbell, look at every queue this often (redeliveries ring no bell)
+FETCH_S = 0.05  # how long a pull request waits on a queue believed to hold work
 TERMINAL_EVENTS = (Completed.name(), Failed.name(), Cancelled.name())
 
 
@@ -43,6 +43,8 @@ class GpuWorker:
         self.stopping = False  # read by the generation thread between steps
         self.doorbell = asyncio.Event()
         self.queues: list = []  # pull subscriptions, in the order they are served
+        self.queue_of: dict[str, int] = {}  # job subject -> index in queues
+        self.ready: set[int] = set()  # queues believed to hold work
         self.subs: list = []  # core subscriptions
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -52,18 +54,13 @@ class GpuWorker:
         kv = await self.js.key_value(subjects.WORKERS_BUCKET)
         tasks = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
         await self._subscribe()
+        self.ready.update(range(len(self.queues)))  # jobs may have queued before this worker started
         log.info("worker %s ready: models %s on %s", self.id, self.registry.loaded, self.registry.device)
         try:
             while not self.stopping:
-                self.doorbell.clear()
                 msg = await self._next_job()
                 if msg is not None:
                     await self._handle(msg)
-                    continue
-                try:
-                    await asyncio.wait_for(self.doorbell.wait(), IDLE_POLL_S)
-                except TimeoutError:
-                    pass
         finally:
             for task in tasks:
                 task.cancel()
@@ -99,8 +96,10 @@ class GpuWorker:
         wcfg = self.config.worker
         for priority in PRIORITY_ORDER:  # every model's high-priority queue before any normal one
             for model in self.registry.served:
+                subject = subjects.generate_job(priority, model.name)
+                self.queue_of[subject] = len(self.queues)
                 self.queues.append(await self.js.pull_subscribe(
-                    subjects.generate_job(priority, model.name),
+                    subject,
                     durable=subjects.gpu_durable(model.name, priority),
                     stream=subjects.JOBS,
                     config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_s,
@@ -113,16 +112,31 @@ class GpuWorker:
             subjects.max_deliveries_advisory(subjects.JOBS), queue="gpu-advisories",
             cb=self._on_max_deliveries))
 
-    async def _ring(self, _msg) -> None:
-        self.doorbell.set()
+    async def _ring(self, msg) -> None:
+        index = self.queue_of.get(msg.subject)
+        if index is not None:
+            self.ready.add(index)
+            self.doorbell.set()
 
     async def _next_job(self):
-        for sub in self.queues:
+        """The next job from the first queue (high priority first) that holds one, or None after
+        an idle wait."""
+        if not self.ready:
+            self.doorbell.clear()
             try:
-                return (await sub.fetch(1, timeout=PROBE_S))[0]
-            except TimeoutError:  # nats-py raises both its own and the builtin one
-                continue
-        return None
+                await asyncio.wait_for(self.doorbell.wait(), IDLE_POLL_S)
+            except TimeoutError:
+                self.ready.update(range(len(self.queues)))
+            return None
+        index = min(self.ready)
+        try:
+            [msg] = await self.queues[index].fetch(1, timeout=FETCH_S)
+        except TimeoutError:  # nats-py raises both its own and the builtin one
+            self.ready.discard(index)
+            return None
+        if msg.metadata.num_pending == 0:
+            self.ready.discard(index)
+        return msg
 
     async def _handle(self, msg) -> None:
         attempt = msg.metadata.num_delivered

@@ -54,9 +54,16 @@ async def run(config: Config, rebuild: bool = False) -> None:
     try:
         while not stop.is_set():
             try:
-                msgs = await events.fetch(BATCH, timeout=1.0)
+                msgs = await events.fetch(1, timeout=1.0)
             except TimeoutError:  # nats-py raises both its own and the builtin one
                 continue
+            # Then exactly what is waiting: a bigger pull would wait for its batch to fill.
+            waiting = min(msgs[-1].metadata.num_pending, BATCH)
+            if waiting:
+                try:
+                    msgs += await events.fetch(waiting, timeout=1.0)
+                except TimeoutError:
+                    pass
             batch = []
             for m in msgs:
                 try:
