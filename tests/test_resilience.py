@@ -1,5 +1,6 @@
 """Workers die, projectors lose their database: tasks still end once, state is rebuilt from the stream."""
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -47,44 +48,42 @@ async def kill_worker_when_started(client: Client, started):
     return task_id, first
 
 
-async def test_worker_killed_mid_job_task_completes_once(two_worker_stack):
-    stack = two_worker_stack
+@contextlib.asynccontextmanager
+async def watching_starts(stack: Stack):
+    """A client, a NATS connection, and a subscription to every task's `started` events."""
     nc = await nats.connect(stack.nats_url)
-    js = nc.jetstream()
-    started = await nc.subscribe(subjects.task_event("*", "started"))
     try:
+        started = await nc.subscribe(subjects.task_event("*", "started"))
         async with aiohttp.ClientSession() as session:
-            client = Client(session, stack.base_url)
-            task_id, first = await kill_worker_when_started(client, started)
-            task = await client.wait(task_id, timeout=120)
-            assert task["status"] == "completed", task
-            assert len(task["result_urls"]) == 2
-            second = decode_event((await started.next_msg(timeout=5)).data)
-            assert second.task_id == task_id and second.worker != first.worker and second.attempt == 2
+            yield Client(session, stack.base_url), nc, started
+    finally:
+        await nc.close()
+
+
+async def test_worker_killed_mid_job_task_completes_once(two_worker_stack):
+    async with watching_starts(two_worker_stack) as (client, nc, started):
+        js = nc.jetstream()
+        task_id, first = await kill_worker_when_started(client, started)
+        task = await client.wait(task_id, timeout=120)
+        assert task["status"] == "completed", task
+        assert len(task["result_urls"]) == 2
+        second = decode_event((await started.next_msg(timeout=5)).data)
+        assert second.task_id == task_id and second.worker != first.worker and second.attempt == 2
         assert await count_events(js, task_id, "completed") == 1
         assert await count_events(js, task_id, "started") == 2
         objects = [o.name for o in await (await js.object_store(subjects.IMAGES_BUCKET)).list()]
         assert sorted(o for o in objects if task_id in o) == [
             f"results/{task_id}/0.png", f"results/{task_id}/1.png"]
-    finally:
-        await nc.close()
 
 
 @pytest.mark.parametrize("two_worker_stack", [{"worker": {"max_deliver": 1}}], indirect=True)
 async def test_job_whose_attempts_all_died_ends_failed_with_the_reason(two_worker_stack):
-    stack = two_worker_stack
-    nc = await nats.connect(stack.nats_url)
-    started = await nc.subscribe(subjects.task_event("*", "started"))
-    try:
-        async with aiohttp.ClientSession() as session:
-            client = Client(session, stack.base_url)
-            task_id, _ = await kill_worker_when_started(client, started)
-            task = await client.wait(task_id, timeout=60)
+    async with watching_starts(two_worker_stack) as (client, nc, started):
+        task_id, _ = await kill_worker_when_started(client, started)
+        task = await client.wait(task_id, timeout=60)
         assert task["status"] == "failed"
         assert "1 attempt(s)" in task["error_message"]
         assert (await nc.jetstream().stream_info(subjects.JOBS)).state.messages == 0
-    finally:
-        await nc.close()
 
 
 def table_rows(db_path) -> list[tuple]:

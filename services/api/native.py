@@ -19,6 +19,11 @@ DIALECT = "native"
 SEED_RANGE = 2**32
 
 
+# Fields bounded by a configured limit (services.config.Limits), beyond their static range.
+LIMITED = {"num_images": "max_images", "num_inference_steps": "max_steps",
+           "guidance_scale": "max_guidance_scale"}
+
+
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -49,26 +54,10 @@ class GenerateRequest(BaseModel):
             raise ValueError(f"at most {limit} characters")
         return value
 
-    @field_validator("num_images")
+    @field_validator(*LIMITED)
     @classmethod
-    def _images(cls, value: int, info: ValidationInfo) -> int:
-        if value > info.context.limits.max_images:
-            raise ValueError(f"at most {info.context.limits.max_images} images")
-        return value
-
-    @field_validator("num_inference_steps")
-    @classmethod
-    def _steps(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and value > info.context.limits.max_steps:
-            raise ValueError(f"at most {info.context.limits.max_steps} steps")
-        return value
-
-    @field_validator("guidance_scale")
-    @classmethod
-    def _guidance(cls, value: float | None, info: ValidationInfo) -> float | None:
-        if value is not None and value > info.context.limits.max_guidance_scale:
-            raise ValueError(f"at most {info.context.limits.max_guidance_scale}")
-        return value
+    def _at_most(cls, value: float | None, info: ValidationInfo) -> float | None:
+        return validation.check_at_most(value, info.context, LIMITED[info.field_name])
 
     @field_validator("callback_url")
     @classmethod

@@ -55,6 +55,13 @@ def check_multiple_of_8(value: int | None, config: Config, axis: str) -> int | N
     return value
 
 
+def check_at_most(value: float | None, config: Config, limit_name: str) -> float | None:
+    limit = getattr(config.limits, limit_name)
+    if value is not None and value > limit:
+        raise ValueError(f"must be at most {limit}")
+    return value
+
+
 def check_callback_url(value: str | None) -> str | None:
     if value is None:
         return value

@@ -59,8 +59,12 @@ class GpuWorker:
         try:
             while not self.stopping:
                 msg = await self._next_job()
-                if msg is not None:
+                if msg is None:
+                    continue
+                try:
                     await self._handle(msg)
+                except Exception:  # noqa: BLE001 - e.g. NATS lost mid-job: unacked, it is redelivered
+                    log.exception("job %s not settled", msg.metadata.sequence.stream)
         finally:
             for task in tasks:
                 task.cancel()
