@@ -46,6 +46,10 @@ class Accepted(TaskEvent, tag="accepted"):
     callback_url: str | None = None
 
 
+class CancelRequested(TaskEvent, tag="cancel_requested"):
+    by: str  # the owner (or admin) who asked
+
+
 class Started(TaskEvent, tag="started"):
     worker: str
     attempt: int = 1
@@ -66,7 +70,7 @@ class Cancelled(TaskEvent, tag="cancelled"):
     worker: str | None = None
 
 
-AnyTaskEvent = Accepted | Started | Completed | Failed | Cancelled
+AnyTaskEvent = Accepted | CancelRequested | Started | Completed | Failed | Cancelled
 
 STATUS_AFTER: dict[type[TaskEvent], TaskStatus] = {
     Accepted: TaskStatus.PENDING,
@@ -75,3 +79,31 @@ STATUS_AFTER: dict[type[TaskEvent], TaskStatus] = {
     Failed: TaskStatus.FAILED,
     Cancelled: TaskStatus.CANCELLED,
 }
+
+
+class Progress(msgspec.Struct, kw_only=True):
+    """The latest progress of a task, on `progress.<task_id>` (PROGRESS stream, last value kept).
+
+    While pending: `queue_position` (tasks ahead of it; 0 = next). While processing: steps done over
+    the whole task, its fraction 0-1, the ETA from the measured step rate, and now and then a small
+    preview decoded from the latents (base64, `preview_format`)."""
+
+    task_id: str
+    at: float
+    status: TaskStatus
+    step: int = 0
+    total_steps: int = 0
+    fraction: float = 0.0
+    eta_s: float | None = None
+    queue_position: int | None = None
+    attempt: int = 0
+    preview: str | None = None
+    preview_format: str | None = None  # "webp" | "jpeg"
+    preview_width: int | None = None
+    preview_height: int | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def tick(self) -> int:
+        """Orders a task's progress messages: later attempts and steps give larger ticks."""
+        return self.attempt * 1_000_000 + self.step

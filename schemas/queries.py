@@ -25,6 +25,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     updated_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    cancel_requested_at: float | None = None
 
 
 class TaskGet(msgspec.Struct, kw_only=True):

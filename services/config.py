@@ -82,6 +82,20 @@ class WorkerConfig(_Section):
     announce_every_s: Seconds = 5.0
 
 
+class ProgressConfig(_Section):
+    min_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.1  # progress messages at most this often
+    preview_every: Annotated[int, msgspec.Meta(ge=0)] = 5  # a latent preview every N steps; 0: none
+    preview_format: str = "webp"  # webp | jpeg
+    preview_size: Positive = 256  # longest side of a preview, at most the image's own
+
+
+class ClientConfig(_Section):
+    """For `diffbus generate` (also DIFFBUS_CLIENT__URL, DIFFBUS_CLIENT__API_KEY)."""
+
+    url: str = "http://127.0.0.1:8000"
+    api_key: str | None = None  # default: data_dir/api-key when it exists
+
+
 class ProjectorConfig(_Section):
     db: str = "tasks.db"  # relative to data_dir
 
@@ -96,6 +110,8 @@ class Config(_Section):
     default_model: str | None = None  # default: the first model
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     projector: ProjectorConfig = msgspec.field(default_factory=ProjectorConfig)
+    progress: ProgressConfig = msgspec.field(default_factory=ProgressConfig)
+    client: ClientConfig = msgspec.field(default_factory=ClientConfig)
     tasks_max_age_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     source: str | None = None  # the file this config came from (set by load)
 
@@ -108,6 +124,8 @@ class Config(_Section):
         for m in self.models:
             if m.path is None and m.name != DEMO_MODEL:
                 raise msgspec.ValidationError(f"model {m.name!r} needs a path - at `$.models`")
+        if self.progress.preview_format not in ("webp", "jpeg"):
+            raise msgspec.ValidationError("preview_format must be webp or jpeg - at `$.progress`")
         if self.default_model is None:
             self.default_model = names[0]
         elif self.default_model not in names:

@@ -8,6 +8,7 @@ from schemas.events import (
     Accepted,
     AnyTaskEvent,
     Cancelled,
+    CancelRequested,
     Completed,
     Failed,
     Started,
@@ -27,6 +28,8 @@ def apply(record: TaskRecord | None, event: AnyTaskEvent) -> TaskRecord | None:
             created_at=event.at, updated_at=event.at)
     if record is None or record.status.is_terminal():
         return record
+    if isinstance(event, CancelRequested):
+        return msgspec.structs.replace(record, cancel_requested_at=event.at, updated_at=event.at)
     changes: dict = {"status": STATUS_AFTER[type(event)], "updated_at": event.at}
     match event:
         case Started():

@@ -8,9 +8,10 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.jobs import SCHEDULERS, Img2Img, OutputFormat, Txt2Img
+from schemas.events import TaskStatus
 from schemas.queries import TaskRecord
 
-from . import validation
+from . import live, validation
 from .context import CTX
 from .errors import ApiError, invalid
 from .system import file_url
@@ -131,6 +132,34 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(task_view(record, ctx.base_url(request)))
 
 
+async def cancel_task(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    record = await ctx.tasks.cancel(request.match_info["task_id"], _principal(request))
+    view = task_view(record, ctx.base_url(request))
+    view["message"] = ("Task cancelled" if record.status is TaskStatus.CANCELLED
+                       else "Cancel requested; the task stops at its next step")
+    return web.json_response(view)
+
+
+async def task_events(request: web.Request) -> web.StreamResponse:
+    base_url = request.app[CTX].base_url(request)
+    return await live.sse(request, _principal(request), lambda record: task_view(record, base_url))
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Browsers cannot set headers on a WebSocket: the key may come as ?api_key= too."""
+    ctx = request.app[CTX]
+    principal = ctx.authenticate(request, ctx.config.api.key_header) or ctx.keyring.lookup(
+        request.query.get("api_key"))
+    if principal is None:
+        raise ApiError(401, "Invalid or missing API key")
+    base_url = ctx.base_url(request)
+    return await live.websocket(request, principal, lambda record: task_view(record, base_url))
+
+
 def register(app: web.Application) -> None:
     app.router.add_post("/api/v1/generate", generate)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel_task)
+    app.router.add_get("/api/v1/tasks/{task_id}/events", task_events)
+    app.router.add_get("/api/v1/ws", websocket)

@@ -6,10 +6,11 @@ import uuid
 
 import nats.errors
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from schemas import subjects
 from schemas.codec import decode, decode_event, encode
-from schemas.events import Accepted, Failed
+from schemas.events import Accepted, Cancelled, CancelRequested, Failed, Progress, TaskStatus
 from schemas.jobs import Job, JobSpec
 from schemas.queries import TaskGet, TaskRecord, TaskReply
 from schemas.subjects import Priority
@@ -85,6 +86,31 @@ class Tasks:
         if record is None or not principal.may_see(record.owner):
             raise ApiError(404, "Task not found")
         return record
+
+    async def cancel(self, task_id: str, principal: Principal) -> TaskRecord:
+        """Ask for a task to stop: a pending one ends cancelled now and never starts; a running one
+        stops at its next step (its worker ends it cancelled). 409 once finished."""
+        record = await self.get(task_id, principal)
+        if record.status.is_terminal():
+            raise ApiError(409, f"Task already {record.status.value}")
+        request = CancelRequested(task_id=task_id, at=time.time(), by=principal.owner)
+        cancels = await self.js.key_value(subjects.CANCEL_BUCKET)
+        await cancels.put(task_id, encode(request))
+        await bus.publish_event(self.js, request)
+        record = taskstate.apply(record, request)
+        if record.status is TaskStatus.PENDING:
+            ack = await bus.publish_event(self.js, Cancelled(task_id=task_id, at=time.time()))
+            if ack.duplicate:  # it finished meanwhile
+                return await self.get(task_id, principal)
+            record = taskstate.apply(record, Cancelled(task_id=task_id, at=request.at))
+        return record
+
+    async def last_progress(self, task_id: str) -> Progress | None:
+        try:
+            msg = await self.js.get_last_msg(subjects.PROGRESS, subjects.progress(task_id))
+        except NotFoundError:
+            return None
+        return decode(msg.data, Progress)
 
     async def _from_stream(self, task_id: str) -> TaskRecord | None:
         if await bus.last_event(self.js, task_id, Accepted.name()) is None:

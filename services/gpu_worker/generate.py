@@ -12,7 +12,19 @@ class GenerationError(Exception):
 
 
 class Interrupted(Exception):
-    """Generation stopped between steps because the worker is stopping."""
+    """Generation stopped between steps because `on_step` asked it to (cancel or shutdown)."""
+
+
+# on_step(index, timesteps, latents) -> True to stop. `index` counts scheduler callbacks, of which
+# some schedulers (Heun, KDPM2) make about two per step.
+StepCallback = Callable[[int, int, object], bool]
+
+
+def total_steps(spec: JobSpec) -> int:
+    """Denoising steps the job runs: img2img skips the first (1 - strength) of the schedule."""
+    if isinstance(spec, Img2Img):
+        return min(spec.steps, int(spec.steps * spec.strength))
+    return spec.steps
 
 
 def scheduler_for(pipe, name: str | None):
@@ -26,7 +38,7 @@ def scheduler_for(pipe, name: str | None):
 
 
 def run(pipe, spec: JobSpec, init_image: Image.Image | None,
-        should_stop: Callable[[], bool] = lambda: False) -> list[Image.Image]:
+        on_step: StepCallback = lambda *_: False) -> list[Image.Image]:
     """Generate the images of `spec` (blocking; run it in an executor)."""
     import torch
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
@@ -36,9 +48,12 @@ def run(pipe, spec: JobSpec, init_image: Image.Image | None,
     view = view_class.from_pipe(pipe, scheduler=scheduler)
     view.set_progress_bar_config(disable=True)
 
-    def on_step_end(p, step, timestep, tensors):
-        if should_stop():
-            p._interrupt = True
+    stopped = False
+
+    def on_step_end(p, index, timestep, tensors):
+        nonlocal stopped
+        if on_step(index, p.num_timesteps, tensors.get("latents")):
+            stopped = p._interrupt = True
         return tensors
 
     common = dict(
@@ -50,6 +65,7 @@ def run(pipe, spec: JobSpec, init_image: Image.Image | None,
         # CPU generators: the same seed gives the same image on any device.
         generator=[torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds],
         callback_on_step_end=on_step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
     )
     with torch.inference_mode():
         if isinstance(spec, Img2Img):
@@ -58,6 +74,6 @@ def run(pipe, spec: JobSpec, init_image: Image.Image | None,
             out = view(image=init_image.convert("RGB"), strength=spec.strength, **common)
         else:
             out = view(width=spec.width, height=spec.height, **common)
-    if should_stop():
+    if stopped:
         raise Interrupted()
     return out.images

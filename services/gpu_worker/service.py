@@ -5,15 +5,17 @@ acks. A worker that dies leaves its job to be redelivered to another."""
 import asyncio
 import io
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import KeyNotFoundError
 from PIL import Image
 
 from schemas import subjects
 from schemas.codec import decode, encode
-from schemas.events import Cancelled, Completed, Failed, ImageResult, Started
+from schemas.events import Cancelled, CancelRequested, Completed, Failed, ImageResult, Progress, Started
 from schemas.jobs import Img2Img, Job
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
@@ -23,6 +25,7 @@ from services.lifecycle import stop_event
 
 from . import generate, images
 from .pipelines import ModelRegistry
+from .progress import StepReporter
 
 log = logging.getLogger("diffbus.gpu_worker")
 
@@ -48,9 +51,10 @@ class GpuWorker:
         self.subs: list = []  # core subscriptions
 
     async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         for model in self.registry.served:
             await loop.run_in_executor(self.executor, self.registry.pipeline, model.name)
+        self.cancels = await self.js.key_value(subjects.CANCEL_BUCKET)
         kv = await self.js.key_value(subjects.WORKERS_BUCKET)
         tasks = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
         await self._subscribe()
@@ -154,15 +158,36 @@ class GpuWorker:
         if attempt > 1 and await self._finished(task_id):
             await msg.ack()
             return
+        cancel = threading.Event()  # read by the generation thread between steps
+
+        async def on_cancel(_msg) -> None:
+            cancel.set()
+
+        watch = await self.nc.subscribe(subjects.task_event(task_id, CancelRequested.name()), cb=on_cancel)
+        try:
+            if await self._cancel_requested(task_id):  # asked before this worker subscribed
+                cancel.set()
+            await self._run(msg, job, attempt, cancel)
+        finally:
+            await watch.unsubscribe()
+
+    async def _run(self, msg, job: Job, attempt: int, cancel: threading.Event) -> None:
+        task_id = job.task_id
+        if cancel.is_set():  # a pending task that was cancelled never starts
+            await self._cancelled(msg, task_id)
+            return
         await bus.publish_event(self.js, Started(task_id=task_id, at=time.time(), worker=self.id,
                                                  attempt=attempt), attempt=attempt)
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         started = time.perf_counter()
         try:
-            results = await self._generate(job)
+            results = await self._generate(job, attempt, cancel)
         except generate.Interrupted:
-            log.info("task %s interrupted by shutdown; handing it back", task_id)
-            await msg.nak()
+            if cancel.is_set():
+                await self._cancelled(msg, task_id)
+            else:
+                log.info("task %s interrupted by shutdown; handing it back", task_id)
+                await msg.nak()
         except generate.GenerationError as e:
             await self._fail(msg, task_id, str(e))
         except Exception as e:  # noqa: BLE001 - transient until max_deliver
@@ -178,6 +203,18 @@ class GpuWorker:
             await msg.ack_sync()
         finally:
             heartbeat.cancel()
+
+    async def _cancelled(self, msg, task_id: str) -> None:
+        """Partial work is dropped; the job is acked so it is never redelivered."""
+        await bus.publish_event(self.js, Cancelled(task_id=task_id, at=time.time(), worker=self.id))
+        await msg.ack_sync()
+
+    async def _cancel_requested(self, task_id: str) -> bool:
+        try:
+            await self.cancels.get(task_id)
+        except KeyNotFoundError:
+            return False
+        return True
 
     async def _fail(self, msg, task_id: str, error: str) -> None:
         await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(), error=error, worker=self.id))
@@ -197,7 +234,13 @@ class GpuWorker:
             except Exception as e:  # noqa: BLE001 - a missed heartbeat only risks a redelivery
                 log.warning("heartbeat failed: %s", e)
 
-    async def _generate(self, job: Job) -> list[ImageResult]:
+    def _publish_progress(self, progress: Progress) -> None:
+        """Thread-safe: called from the generation thread."""
+        data = encode(progress)
+        self.loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(self.nc.publish(subjects.progress(progress.task_id), data)))
+
+    async def _generate(self, job: Job, attempt: int, cancel: threading.Event) -> list[ImageResult]:
         spec = job.spec
         init_image = None
         if isinstance(spec, Img2Img):
@@ -206,9 +249,16 @@ class GpuWorker:
                 raise generate.GenerationError(f"input image {spec.init_image} is missing from storage")
             init_image = Image.open(io.BytesIO(data))
 
+        reporter = StepReporter(job.task_id, generate.total_steps(spec), attempt, (spec.width, spec.height),
+                                self.config.progress, self._publish_progress)
+
+        def on_step(index: int, timesteps: int, latents) -> bool:
+            reporter.step(index, timesteps, latents)
+            return self.stopping or cancel.is_set()
+
         def work() -> list[bytes]:
             pipe = self.registry.pipeline(spec.model)
-            pictures = generate.run(pipe, spec, init_image, should_stop=lambda: self.stopping)
+            pictures = generate.run(pipe, spec, init_image, on_step)
             return [images.encode(p, spec.output_format, images.infotext(spec, seed))
                     for p, seed in zip(pictures, spec.seeds)]
 

@@ -23,11 +23,12 @@ class TaskDB:
         self.tasks = self.db.table("tasks")
         if not self.tasks.exists():
             self.tasks.create({
-                "task_id": str, "owner": str, "status": str, "kind": str, "model": str,
+                "task_id": str, "owner": str, "status": str, "kind": str, "model": str, "priority": str,
                 "created_at": float, "updated_at": float, "last_seq": int, "record": str,
             }, pk="task_id")
             self.tasks.create_index(["owner", "created_at"])
             self.tasks.create_index(["created_at"])
+            self.tasks.create_index(["status", "model"])
 
     def get(self, task_id: str) -> TaskRecord | None:
         row = next(self.tasks.rows_where("task_id = ?", [task_id], select="record"), None)
@@ -48,9 +49,22 @@ class TaskDB:
                 self.tasks.upsert({
                     "task_id": after.task_id, "owner": after.owner, "status": after.status.value,
                     "kind": after.spec.__struct_config__.tag, "model": after.spec.model,
+                    "priority": after.priority.value,
                     "created_at": after.created_at, "updated_at": after.updated_at,
                     "last_seq": seq, "record": encode(after).decode(),
                 }, pk="task_id")
+
+    def queue_positions(self, limit: int) -> dict[str, int]:
+        """Pending tasks -> how many tasks of the same model run before them (high priority first)."""
+        rows = self.db.execute(
+            "SELECT task_id, model FROM tasks WHERE status = 'pending' "
+            "ORDER BY model, priority = 'normal', created_at, task_id LIMIT ?", [limit]).fetchall()
+        positions, ahead, model = {}, 0, None
+        for task_id, row_model in rows:
+            ahead = 0 if row_model != model else ahead + 1
+            model = row_model
+            positions[task_id] = ahead
+        return positions
 
     def rows(self) -> list[dict]:
         return list(self.tasks.rows_where(order_by="task_id"))

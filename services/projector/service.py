@@ -2,12 +2,14 @@
 
 import asyncio
 import logging
+import time
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from schemas import subjects
 from schemas.codec import decode, decode_event, encode
+from schemas.events import Progress, TaskStatus
 from schemas.queries import TaskGet, TaskReply
 from services import bus
 from services.config import Config
@@ -18,6 +20,23 @@ from .db import TaskDB
 log = logging.getLogger("diffbus.projector")
 
 BATCH = 256
+MAX_POSITIONS = 1000  # queue positions are published for the first this many pending tasks
+
+
+class QueuePositions:
+    """Publishes `progress.<id>` with the queue position of each pending task when it changes."""
+
+    def __init__(self, nc):
+        self.nc = nc
+        self.sent: dict[str, int] = {}
+
+    async def publish_changes(self, positions: dict[str, int]) -> None:
+        now = time.time()
+        for task_id, position in positions.items():
+            if self.sent.get(task_id) != position:
+                await self.nc.publish(subjects.progress(task_id), encode(Progress(
+                    task_id=task_id, at=now, status=TaskStatus.PENDING, queue_position=position)))
+        self.sent = positions
 
 
 async def run(config: Config, rebuild: bool = False) -> None:
@@ -44,6 +63,8 @@ async def run(config: Config, rebuild: bool = False) -> None:
             return
         await msg.respond(encode(TaskReply(task=db.get(query.task_id))))
 
+    queue = QueuePositions(nc)
+    await queue.publish_changes(db.queue_positions(MAX_POSITIONS))
     query_sub = await nc.subscribe(subjects.TASK_GET, queue=subjects.PROJECTOR_QUEUE, cb=answer_get)
     events = await js.pull_subscribe(
         subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS,
@@ -72,6 +93,7 @@ async def run(config: Config, rebuild: bool = False) -> None:
                     log.error("skipping undecodable event at %s: %s", m.subject, e)
             db.apply(batch)
             await asyncio.gather(*(m.ack() for m in msgs))
+            await queue.publish_changes(db.queue_positions(MAX_POSITIONS))
     finally:
         await events.unsubscribe()
         await query_sub.unsubscribe()

@@ -1,0 +1,218 @@
+"""Live task events for HTTP watchers: Server-Sent Events for one task, a WebSocket for many.
+
+A Relay turns what NATS carries (progress messages, task events) into what a watcher sees: the
+current state first, then progress in order without repeats, then the terminal state, then the end.
+"""
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from schemas import subjects
+from schemas.codec import decode, decode_event
+from schemas.events import Accepted, Progress, TaskStatus
+from schemas.queries import TaskRecord
+from services import taskstate
+
+from .context import CTX
+from .errors import ApiError
+
+KEEPALIVE_S = 15.0
+REFRESH_S = 2.0  # a silent watcher re-reads the task, in case an event slipped past its subscription
+DONE_ID = "done"  # the SSE id of the terminal event
+
+
+@dataclass
+class Out:
+    name: str  # state | progress | completed | failed | cancelled
+    data: dict
+    id: str | None = None
+
+
+@dataclass
+class Relay:
+    record: TaskRecord
+    view: Callable[[TaskRecord], dict]
+    last_tick: int = -1
+    previews: bool = True
+    done: bool = False
+
+    def start(self, last_progress: Progress | None) -> list[Out]:
+        out = self._state()
+        if not self.done and last_progress is not None:
+            out += self.on_progress(last_progress)
+        return out
+
+    def on_progress(self, progress: Progress) -> list[Out]:
+        pending = progress.status is TaskStatus.PENDING
+        if self.done or progress.tick <= self.last_tick or (pending and self.record.status is not TaskStatus.PENDING):
+            return []
+        out = []
+        if not pending and self.record.status is TaskStatus.PENDING:  # its `started` came before we listened
+            out = self.refresh(msgspec.structs.replace(self.record, status=TaskStatus.PROCESSING))
+        self.last_tick = progress.tick
+        data = msgspec.to_builtins(progress)
+        if not self.previews:
+            for key in ("preview", "preview_format", "preview_width", "preview_height"):
+                data.pop(key, None)
+        return out + [Out("progress", data, str(progress.tick))]
+
+    def on_event(self, event) -> list[Out]:
+        return self.refresh(taskstate.apply(self.record, event) or self.record)
+
+    def refresh(self, record: TaskRecord) -> list[Out]:
+        """Take a newer record; its state is news only if the status changed."""
+        if self.done or record.status == self.record.status:
+            return []
+        self.record = record
+        return self._state()
+
+    def on_nats(self, msg) -> list[Out]:
+        if msg.subject.startswith("progress."):
+            return self.on_progress(decode(msg.data, Progress))
+        return self.on_event(decode_event(msg.data))
+
+    def _state(self) -> list[Out]:
+        if self.record.status.is_terminal():
+            self.done = True
+            return [Out(self.record.status.value, self.view(self.record), DONE_ID)]
+        return [Out("state", self.view(self.record))]
+
+
+def _resume_tick(last_event_id: str | None) -> int:
+    try:
+        return int(last_event_id) if last_event_id else -1
+    except ValueError:
+        return -1
+
+
+async def _subscribe(nc, task_id: str, queue: asyncio.Queue) -> list:
+    async def put(msg):
+        queue.put_nowait(msg)
+
+    return [await nc.subscribe(subjects.progress(task_id), cb=put),
+            await nc.subscribe(subjects.task_event(task_id, ">"), cb=put)]
+
+
+async def sse(request: web.Request, principal, view: Callable[[TaskRecord], dict]) -> web.StreamResponse:
+    """GET …/tasks/{id}/events. Reconnect with Last-Event-ID to resume; after the terminal event a
+    reconnect gets 204 (which tells EventSource to stop)."""
+    ctx = request.app[CTX]
+    task_id = request.match_info["task_id"]
+    last_id = request.headers.get("Last-Event-ID")
+    queue: asyncio.Queue = asyncio.Queue()
+    subs = await _subscribe(ctx.tasks.nc, task_id, queue)  # before reading state: nothing is missed
+    try:
+        record = await ctx.tasks.get(task_id, principal)
+        if last_id == DONE_ID:
+            return web.Response(status=204)
+        relay = Relay(record, view, last_tick=_resume_tick(last_id))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        pending = relay.start(await ctx.tasks.last_progress(task_id))
+        quiet_since = asyncio.get_running_loop().time()
+        while True:
+            for out in pending:
+                lines = [f"event: {out.name}", f"data: {json.dumps(out.data)}"]
+                if out.id is not None:
+                    lines.insert(0, f"id: {out.id}")
+                await resp.write(("\n".join(lines) + "\n\n").encode())
+            if relay.done:
+                return resp
+            try:
+                pending = relay.on_nats(await asyncio.wait_for(queue.get(), REFRESH_S))
+                quiet_since = asyncio.get_running_loop().time()
+            except TimeoutError:
+                pending = relay.refresh(await ctx.tasks.get(task_id, principal))
+                if asyncio.get_running_loop().time() - quiet_since > KEEPALIVE_S:
+                    await resp.write(b": keep-alive\n\n")
+                    quiet_since = asyncio.get_running_loop().time()
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+
+
+@dataclass
+class _Watch:
+    relays: dict[str, Relay] = field(default_factory=dict)
+    subs: list = field(default_factory=list)
+    everything: bool = False
+
+
+async def websocket(request: web.Request, principal, view: Callable[[TaskRecord], dict]) -> web.WebSocketResponse:
+    """GET …/ws. Send {"subscribe": ["<task_id>", ...]} or {"subscribe": "all"} (every task of this
+    key from now on), optionally "previews": false; receive {"event", "task_id", "id", "data"}."""
+    ctx = request.app[CTX]
+    ws = web.WebSocketResponse(heartbeat=KEEPALIVE_S)
+    await ws.prepare(request)
+    queue: asyncio.Queue = asyncio.Queue()
+    watch = _Watch()
+    previews = True
+
+    async def send(task_id: str, outs: list[Out]) -> None:
+        for out in outs:
+            await ws.send_json({"event": out.name, "task_id": task_id, "id": out.id, "data": out.data})
+
+    async def follow(task_id: str, record: TaskRecord | None = None) -> None:
+        if task_id in watch.relays:
+            return
+        if record is None:
+            try:
+                record = await ctx.tasks.get(task_id, principal)
+            except ApiError as e:
+                await ws.send_json({"event": "error", "task_id": task_id, "data": {"detail": e.detail}})
+                return
+        relay = watch.relays[task_id] = Relay(record, view, previews=previews)
+        await send(task_id, relay.start(await ctx.tasks.last_progress(task_id)))
+
+    async def on_nats(msg) -> None:
+        task_id = msg.subject.split(".")[1]
+        relay = watch.relays.get(task_id)
+        if relay is None and watch.everything and msg.subject.endswith(".accepted"):
+            event = decode_event(msg.data)
+            if isinstance(event, Accepted) and principal.may_see(event.owner):
+                await follow(task_id, taskstate.apply(None, event))
+            return
+        if relay is not None and not relay.done:
+            await send(task_id, relay.on_nats(msg))
+
+    async def pump() -> None:
+        while True:
+            msg = await queue.get()
+            try:
+                await on_nats(msg)
+            except (ConnectionResetError, RuntimeError):
+                return
+
+    pumping = asyncio.create_task(pump())
+    try:
+        async for frame in ws:
+            if frame.type != WSMsgType.TEXT:
+                continue
+            try:
+                command = json.loads(frame.data)
+                wanted = command["subscribe"]
+            except (ValueError, KeyError, TypeError):
+                await ws.send_json({"event": "error", "data": {"detail": 'expected {"subscribe": [...]}'}})
+                continue
+            previews = bool(command.get("previews", previews))
+            if wanted == "all":
+                if not watch.everything:
+                    watch.everything = True
+                    watch.subs.append(await ctx.tasks.nc.subscribe(subjects.progress("*"), cb=queue.put))
+                    watch.subs.append(await ctx.tasks.nc.subscribe(subjects.ALL_TASK_EVENTS, cb=queue.put))
+                continue
+            for task_id in wanted if isinstance(wanted, list) else [wanted]:
+                if not watch.everything and task_id not in watch.relays and subjects.is_valid_task_id(task_id):
+                    watch.subs += await _subscribe(ctx.tasks.nc, task_id, queue)
+                await follow(str(task_id))
+    finally:
+        pumping.cancel()
+        for sub in watch.subs:
+            await sub.unsubscribe()
+    return ws

@@ -1,0 +1,70 @@
+"""Step progress: throttled Progress messages with an ETA and, every few steps, a preview decoded
+from the latents by a linear latent→RGB map (no VAE)."""
+
+import base64
+import io
+import time
+from collections.abc import Callable
+
+from schemas.events import Progress, TaskStatus
+from services.config import ProgressConfig
+
+# Stable Diffusion 1.x/2.x latent channels -> RGB, least-squares fit of VAE decodes (as used by
+# A1111's and ComfyUI's cheap previews).
+SD_LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+
+
+def preview(latents, fmt: str, max_size: int, image_size: tuple[int, int]) -> tuple[str, int, int]:
+    """The first image of a (B, 4, h, w) latent batch as a small base64 picture: (data, width, height)."""
+    import torch
+    from PIL import Image
+
+    matrix = torch.tensor(SD_LATENT_RGB, dtype=torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", latents[0, :4].float().cpu(), matrix)
+    pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
+    img = Image.fromarray(pixels, "RGB")
+    width, height = image_size
+    scale = min(max_size, max(width, height)) / max(width, height)
+    img = img.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP" if fmt == "webp" else "JPEG", quality=70)
+    return base64.b64encode(buf.getvalue()).decode(), img.width, img.height
+
+
+class StepReporter:
+    """Called from the generation thread at every denoising step; hands throttled Progress messages
+    to `publish` (which must be thread-safe)."""
+
+    def __init__(self, task_id: str, total_steps: int, attempt: int, image_size: tuple[int, int],
+                 config: ProgressConfig, publish: Callable[[Progress], None],
+                 clock: Callable[[], float] = time.monotonic):
+        self.task_id = task_id
+        self.total_steps = total_steps
+        self.attempt = attempt
+        self.image_size = image_size
+        self.config = config
+        self.publish = publish
+        self.clock = clock
+        self.started = clock()
+        self.last_sent: float | None = None
+        self.last_preview_step = 0
+
+    def step(self, index: int, timesteps: int, latents=None) -> None:
+        """`index` of `timesteps` callbacks has ended (some schedulers call twice per step)."""
+        step = min(self.total_steps, -(-(index + 1) * self.total_steps // timesteps))
+        every = self.config.preview_every
+        preview_due = bool(every) and latents is not None and step - self.last_preview_step >= every
+        now = self.clock()
+        if self.last_sent is not None and now - self.last_sent < self.config.min_interval_s:
+            return  # a due preview rides on the next message that is sent
+        self.last_sent = now
+        eta = (now - self.started) / step * (self.total_steps - step) if step else None
+        msg = Progress(task_id=self.task_id, at=time.time(), status=TaskStatus.PROCESSING, step=step,
+                       total_steps=self.total_steps, fraction=step / self.total_steps, eta_s=eta,
+                       attempt=self.attempt)
+        if preview_due:
+            self.last_preview_step = step
+            msg.preview, msg.preview_width, msg.preview_height = preview(
+                latents, self.config.preview_format, self.config.preview_size, self.image_size)
+            msg.preview_format = self.config.preview_format
+        self.publish(msg)
