@@ -28,6 +28,11 @@ def parser() -> argparse.ArgumentParser:
         if name == "projector":
             c.add_argument("--rebuild", action="store_true",
                            help="delete the task database and replay the TASKS stream into a fresh one")
+    generate = commands.add_parser("generate", help="generate images through a running diffbus API")
+    generate.add_argument("--config", help="config.yaml (for client.url, client.api_key)")
+    from .client import add_arguments
+
+    add_arguments(generate)
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo model into a folder")
     demo.add_argument("path")
     return p
@@ -43,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
         print(demo_model.ensure(args.path))
         return 0
     try:
-        config = load(args.config, **({"nats": {"url": args.nats}} if args.nats else {}))
+        nats_url = getattr(args, "nats", None)
+        config = load(args.config, **({"nats": {"url": nats_url}} if nats_url else {}))
+        if args.command == "generate":
+            from . import client
+
+            return client.main(args, config)
         if args.command == "up":
             from .up import up
 

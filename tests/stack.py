@@ -32,6 +32,7 @@ class Stack:
             "limits": {"max_steps": 60},
             "models": [{"name": "demo", "path": str(demo_model), "width": 64, "height": 64}],
             "worker": {"ack_wait_s": 3, "announce_every_s": 1},
+            "progress": {"min_interval_s": 0, "preview_every": 2},  # every step, for exact assertions
         }
         for section, values in overrides.items():
             config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
