@@ -4,6 +4,7 @@ import asyncio
 import base64
 import io
 import json
+import signal
 import subprocess
 import sys
 
@@ -162,12 +163,18 @@ async def test_cancel_running_task_stops_it_and_the_worker_moves_on(client, js):
 async def test_cancel_pending_task_never_starts(client, js):
     busy = await client.submit(SLOW)
     await wait_status(client, busy, "processing")
+    ahead = await client.submit({"prompt": "ahead", "num_inference_steps": 2})
     queued = await client.submit({"prompt": "queued", "num_inference_steps": 2})
+    # While it waits, its stream says where it stands in the queue.
+    state, position = await sse(client, queued, limit=2)
+    assert state[1] == "state" and state[2]["status"] == "pending"
+    assert position[1] == "progress" and position[2]["queue_position"] == 1
     resp = await client.session.post(f"{client.base_url}/api/v1/tasks/{queued}/cancel", headers=client.headers())
     assert resp.status == 200 and (await resp.json())["status"] == "cancelled"
     await client.session.post(f"{client.base_url}/api/v1/tasks/{busy}/cancel", headers=client.headers())
     after = await client.submit({"prompt": "after", "num_inference_steps": 2})
     assert (await client.wait(after))["status"] == "completed"
+    assert (await client.wait(ahead))["status"] == "completed"
     assert (await client.wait(queued))["status"] == "cancelled"
     info = await js.stream_info(subjects.TASKS, subjects_filter=subjects.task_event(queued, "started"))
     assert not info.state.subjects
@@ -203,3 +210,15 @@ def test_generate_cli_fails_with_the_servers_message(stack, tmp_path):
          "--api-key", ALICE], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "422" in out.stderr and "num_inference_steps" in out.stderr
+
+
+async def test_ctrl_c_in_generate_cli_cancels_the_task(client, stack):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "generate", "slow", "--steps", "60", "--width", "128",
+        "--height", "128", "--url", stack.base_url, "--api-key", ALICE, stderr=asyncio.subprocess.PIPE)
+    line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+    task_id = line.split()[-1]
+    await wait_status(client, task_id, "processing")
+    proc.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(proc.wait(), 30) == 130
+    await wait_status(client, task_id, "cancelled", timeout=10)

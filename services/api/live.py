@@ -40,6 +40,7 @@ class Relay:
     last_tick: int = -1
     previews: bool = True
     done: bool = False
+    queue_position: int | None = None
 
     def start(self, last_progress: Progress | None) -> list[Out]:
         out = self._state()
@@ -48,18 +49,27 @@ class Relay:
         return out
 
     def on_progress(self, progress: Progress) -> list[Out]:
-        pending = progress.status is TaskStatus.PENDING
-        if self.done or progress.tick <= self.last_tick or (pending and self.record.status is not TaskStatus.PENDING):
+        if self.done:
+            return []
+        if progress.status is TaskStatus.PENDING:  # queue position: news when it moves
+            if self.record.status is not TaskStatus.PENDING or progress.queue_position == self.queue_position:
+                return []
+            self.queue_position = progress.queue_position
+            return [Out("progress", self._data(progress))]
+        if progress.tick <= self.last_tick:
             return []
         out = []
-        if not pending and self.record.status is TaskStatus.PENDING:  # its `started` came before we listened
+        if self.record.status is TaskStatus.PENDING:  # its `started` came before we listened
             out = self.refresh(msgspec.structs.replace(self.record, status=TaskStatus.PROCESSING))
         self.last_tick = progress.tick
+        return out + [Out("progress", self._data(progress), str(progress.tick))]
+
+    def _data(self, progress: Progress) -> dict:
         data = msgspec.to_builtins(progress)
         if not self.previews:
             for key in ("preview", "preview_format", "preview_width", "preview_height"):
                 data.pop(key, None)
-        return out + [Out("progress", data, str(progress.tick))]
+        return data
 
     def on_event(self, event) -> list[Out]:
         return self.refresh(taskstate.apply(self.record, event) or self.record)
