@@ -109,6 +109,14 @@ async def test_projector_rebuilt_from_the_stream_has_the_same_rows(stack, client
     # The API answers from the rebuilt projection.
     assert (await (await client.task(ids[0])).json())["status"] == "completed"
 
+    # A database written by another projection version is rebuilt without being asked.
+    assert Stack.stop(stack.procs[-1]) == 0
+    with sqlite3.connect(db_path) as db:
+        db.execute("UPDATE tasks SET status = 'stale'")
+        db.execute("PRAGMA user_version = 1")
+    stack.start("projector")
+    wait_until(lambda: table_rows(db_path) == before, 30, "the rebuilt database", stack)
+
 
 def test_demo_model_command_builds_a_loadable_folder(tmp_path):
     out = subprocess.run([sys.executable, "-m", "services.cli", "demo-model", str(tmp_path / "demo")],

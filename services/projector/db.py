@@ -14,6 +14,26 @@ from schemas.queries import TaskRecord
 from services import taskstate
 
 
+# Bump when the table's shape changes: a database of another version is rebuilt from the stream.
+PROJECTION_VERSION = 2
+
+
+def remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
+
+
+def is_current(path: Path) -> bool:
+    """False when the database is missing or was written by another projection version."""
+    if not path.exists():
+        return False
+    db = sqlite_utils.Database(path)
+    try:
+        return db.execute("PRAGMA user_version").fetchone()[0] == PROJECTION_VERSION
+    finally:
+        db.close()
+
+
 class TaskDB:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -22,6 +42,7 @@ class TaskDB:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.tasks = self.db.table("tasks")
         if not self.tasks.exists():
+            self.db.execute(f"PRAGMA user_version = {PROJECTION_VERSION}")
             self.tasks.create({
                 "task_id": str, "owner": str, "status": str, "kind": str, "model": str, "priority": str,
                 "created_at": float, "updated_at": float, "last_seq": int, "record": str,

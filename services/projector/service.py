@@ -15,6 +15,7 @@ from services import bus
 from services.config import Config
 from services.lifecycle import stop_event
 
+from . import db
 from .db import TaskDB
 
 log = logging.getLogger("diffbus.projector")
@@ -44,16 +45,17 @@ async def run(config: Config, rebuild: bool = False) -> None:
     nc = await bus.connect(config, "projector")
     js = nc.jetstream()
     await bus.ensure(js, config)
-    if rebuild:
-        db_path.unlink(missing_ok=True)
-        for suffix in ("-wal", "-shm"):
-            db_path.with_name(db_path.name + suffix).unlink(missing_ok=True)
+    if not rebuild and db_path.exists() and not db.is_current(db_path):
+        log.info("%s was written by another projection version", db_path)
+        rebuild = True
+    if rebuild or not db_path.exists():
+        db.remove(db_path)
         try:
             await js.delete_consumer(subjects.TASKS, subjects.PROJECTOR_DURABLE)
         except NotFoundError:
             pass
-        log.info("rebuilding %s from the TASKS stream", db_path)
-    db = TaskDB(db_path)
+        log.info("building %s from the TASKS stream", db_path)
+    tasks = TaskDB(db_path)
 
     async def answer_get(msg) -> None:
         try:
@@ -61,10 +63,10 @@ async def run(config: Config, rebuild: bool = False) -> None:
         except Exception as e:  # noqa: BLE001 - a bad query must not stop the projector
             log.warning("bad task query: %s", e)
             return
-        await msg.respond(encode(TaskReply(task=db.get(query.task_id))))
+        await msg.respond(encode(TaskReply(task=tasks.get(query.task_id))))
 
     queue = QueuePositions(nc)
-    await queue.publish_changes(db.queue_positions(MAX_POSITIONS))
+    await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
     query_sub = await nc.subscribe(subjects.TASK_GET, queue=subjects.PROJECTOR_QUEUE, cb=answer_get)
     events = await js.pull_subscribe(
         subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS,
@@ -91,11 +93,11 @@ async def run(config: Config, rebuild: bool = False) -> None:
                     batch.append((m.metadata.sequence.stream, decode_event(m.data)))
                 except Exception as e:  # noqa: BLE001 - an undecodable event is skipped, not retried
                     log.error("skipping undecodable event at %s: %s", m.subject, e)
-            db.apply(batch)
+            tasks.apply(batch)
             await asyncio.gather(*(m.ack() for m in msgs))
-            await queue.publish_changes(db.queue_positions(MAX_POSITIONS))
+            await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
     finally:
         await events.unsubscribe()
         await query_sub.unsubscribe()
         await nc.drain()
-        db.close()
+        tasks.close()
