@@ -38,39 +38,79 @@ class TaskEvent(msgspec.Struct, kw_only=True, tag_field="event"):
         return cls.__struct_config__.tag
 
 
-class Accepted(TaskEvent, tag="accepted"):
+class WebhookEvent(StrEnum):
+    """What a task's webhook may be told of."""
+
+    STARTED = "started"
+    PROGRESS = "progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_WEBHOOK_EVENTS = [WebhookEvent.COMPLETED, WebhookEvent.FAILED, WebhookEvent.CANCELLED]
+
+
+class Accepted(TaskEvent, kw_only=True, tag="accepted"):
     owner: str
     spec: JobSpec
     priority: Priority = Priority.NORMAL
     dialect: str = "native"
     callback_url: str | None = None
+    webhook_events: list[WebhookEvent] = msgspec.field(default_factory=lambda: list(TERMINAL_WEBHOOK_EVENTS))
 
 
-class CancelRequested(TaskEvent, tag="cancel_requested"):
+class CancelRequested(TaskEvent, kw_only=True, tag="cancel_requested"):
     by: str  # the owner (or admin) who asked
 
 
-class Started(TaskEvent, tag="started"):
+class Started(TaskEvent, kw_only=True, tag="started"):
     worker: str
     attempt: int = 1
 
 
-class Completed(TaskEvent, tag="completed"):
+class Completed(TaskEvent, kw_only=True, tag="completed"):
     worker: str
     images: list[ImageResult]
     elapsed_s: float  # generation time on the worker
 
 
-class Failed(TaskEvent, tag="failed"):
+class Failed(TaskEvent, kw_only=True, tag="failed"):
     error: str
     worker: str | None = None
 
 
-class Cancelled(TaskEvent, tag="cancelled"):
+class Cancelled(TaskEvent, kw_only=True, tag="cancelled"):
     worker: str | None = None
 
 
-AnyTaskEvent = Accepted | CancelRequested | Started | Completed | Failed | Cancelled
+class WebhookAttempt(TaskEvent, kw_only=True, tag="webhook_attempt"):
+    """One POST to the task's webhook (recorded by the notifier)."""
+
+    about: WebhookEvent
+    webhook_id: str
+    attempt: int
+    status_code: int | None = None  # None: no answer (network error, timeout)
+    latency_ms: float
+    error: str | None = None
+
+
+class WebhookDelivered(TaskEvent, kw_only=True, tag="webhook_delivered"):
+    about: WebhookEvent
+    webhook_id: str
+    attempts: int
+
+
+class WebhookFailed(TaskEvent, kw_only=True, tag="webhook_failed"):
+    about: WebhookEvent
+    webhook_id: str
+    attempts: int
+    error: str
+
+
+AnyTaskEvent = (Accepted | CancelRequested | Started | Completed | Failed | Cancelled
+                | WebhookAttempt | WebhookDelivered | WebhookFailed)
+WEBHOOK_RECORDS = (WebhookAttempt, WebhookDelivered, WebhookFailed)
 
 STATUS_AFTER: dict[type[TaskEvent], TaskStatus] = {
     Accepted: TaskStatus.PENDING,

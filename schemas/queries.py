@@ -7,6 +7,16 @@ from .jobs import SCHEMA_VERSION, JobSpec
 from .subjects import Priority
 
 
+class WebhookState(msgspec.Struct, kw_only=True):
+    """Delivery of the task's webhook for its latest reported event."""
+
+    status: str  # pending | retrying | delivered | failed
+    about: str | None = None  # the event being delivered
+    attempts: int = 0
+    last_status_code: int | None = None
+    last_error: str | None = None
+
+
 class TaskRecord(msgspec.Struct, kw_only=True):
     """One task as the projector holds it: the fold of its events."""
 
@@ -26,6 +36,7 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     started_at: float | None = None
     finished_at: float | None = None
     cancel_requested_at: float | None = None
+    webhook: WebhookState | None = None  # None: the task has no webhook
 
 
 class TaskGet(msgspec.Struct, kw_only=True):

@@ -18,6 +18,8 @@ WORKERS_BUCKET = "workers"  # KV: worker_id -> WorkerAnnouncement, expires unles
 
 # Durable consumers
 PROJECTOR_DURABLE = "projector"
+NOTIFIER_DURABLE = "notifier"
+NOTIFIER_QUEUE = "notifier"  # core queue group sharing progress webhooks between notifiers
 
 # Request/reply
 TASK_GET = "query.tasks.get"
@@ -80,11 +82,17 @@ def job_msg_id(task_id: str) -> str:
     return task_id
 
 
-def event_msg_id(task_id: str, event: str, attempt: int | None = None) -> str:
-    """Terminal events share one id so only the first terminal event of a task is stored."""
+def event_msg_id(task_id: str, event: str, *qualifiers: object) -> str:
+    """Terminal events share one id so only the first terminal event of a task is stored; others
+    are told apart by qualifiers (an attempt number, what a webhook was about)."""
     if event in {"completed", "failed", "cancelled"}:
         return f"{task_id}.terminal"
-    return f"{task_id}.{event}" if attempt is None else f"{task_id}.{event}.{attempt}"
+    return ".".join([task_id, event, *map(str, qualifiers)])
+
+
+def webhook_triggers() -> list[str]:
+    """The task events a notifier turns into webhooks (progress comes from `progress.*`)."""
+    return [task_event("*", event) for event in ("started", "completed", "failed", "cancelled")]
 
 
 class StreamSpec(msgspec.Struct, frozen=True):

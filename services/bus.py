@@ -74,14 +74,14 @@ async def ensure(js: JetStreamContext, config: Config) -> None:
         storage=StorageType.MEMORY))
 
 
-async def publish_event(js: JetStreamContext, event: TaskEvent, attempt: int | None = None):
+async def publish_event(js: JetStreamContext, event: TaskEvent, *qualifiers: object):
     """Publish a task event on `tasks.<id>.<event>`; terminal events share one message id, so a
     task's first terminal event is the only one stored."""
     name = event.name()
     return await js.publish(
         subjects.task_event(event.task_id, name),
         encode(event),
-        headers={"Nats-Msg-Id": subjects.event_msg_id(event.task_id, name, attempt)},
+        headers={"Nats-Msg-Id": subjects.event_msg_id(event.task_id, name, *qualifiers)},
     )
 
 

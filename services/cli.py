@@ -7,7 +7,7 @@ import sys
 
 from .config import ConfigError, load
 
-SERVICE_COMMANDS = ("up", "api", "gpu-worker", "projector")
+SERVICE_COMMANDS = ("up", "api", "gpu-worker", "projector", "notifier")
 
 
 def _quiet_libraries() -> None:
@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import gpu_worker
 
             gpu_worker.main(config)
+        elif args.command == "notifier":
+            from . import notifier
+
+            notifier.main(config)
         elif args.command == "projector":
             from . import projector
 

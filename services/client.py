@@ -12,7 +12,6 @@ import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-from .api.auth import key_file
 from .config import Config
 
 
@@ -53,8 +52,8 @@ class GenerateCommand:
         self.args = args
         self.url = (args.url or config.client.url).rstrip("/")
         key = args.api_key or config.client.api_key
-        if key is None and key_file(config).exists():
-            key = key_file(config).read_text().strip()
+        if key is None and config.api_key_file.exists():
+            key = config.api_key_file.read_text().strip()
         if not key:
             raise ClientError("no API key: pass --api-key or set DIFFBUS_CLIENT__API_KEY")
         self.headers = {config.api.key_header: key}

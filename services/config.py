@@ -4,6 +4,8 @@ Environment overrides use `__` between levels: DIFFBUS_API__PORT=8001, DIFFBUS_N
 Values are parsed as YAML, so numbers, booleans and lists work.
 """
 
+import hashlib
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +33,12 @@ class ApiKey(_Section):
     key: Annotated[str, msgspec.Meta(min_length=8)]
     name: str | None = None  # owner name recorded with tasks; default derived from the key
     admin: bool = False  # sees every key's tasks
+    webhook_secret: str | None = None  # whsec_…: signs this key's webhooks instead of notifier.secret
+
+    @property
+    def owner(self) -> str:
+        """The owner recorded with tasks: the configured name, else a digest (never the key)."""
+        return self.name or "key-" + hashlib.sha256(self.key.encode()).hexdigest()[:12]
 
 
 class ApiConfig(_Section):
@@ -96,6 +104,19 @@ class ClientConfig(_Section):
     api_key: str | None = None  # default: data_dir/api-key when it exists
 
 
+class NotifierConfig(_Section):
+    secret: str | None = None  # whsec_…; default: data_dir/webhook-secret, created by `diffbus up`
+    timeout_s: Seconds = 10.0
+    # Waits before each retry of a terminal event (jittered ±20 %); about an hour in all.
+    retry_schedule_s: list[Annotated[float, msgspec.Meta(ge=0)]] = msgspec.field(
+        default_factory=lambda: [5, 30, 120, 300, 600, 1200, 1800])
+    progress_min_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 1.0
+    max_in_flight: Positive = 64  # deliveries at once per notifier
+    # Webhook targets in private, loopback, link-local or metadata addresses are refused unless
+    # they fall in one of these networks (e.g. ["127.0.0.0/8"] on one machine, ["10.0.0.0/8"]).
+    allowed_networks: list[str] = []
+
+
 class ProjectorConfig(_Section):
     db: str = "tasks.db"  # relative to data_dir
 
@@ -111,6 +132,7 @@ class Config(_Section):
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     projector: ProjectorConfig = msgspec.field(default_factory=ProjectorConfig)
     progress: ProgressConfig = msgspec.field(default_factory=ProgressConfig)
+    notifier: NotifierConfig = msgspec.field(default_factory=NotifierConfig)
     client: ClientConfig = msgspec.field(default_factory=ClientConfig)
     tasks_max_age_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     source: str | None = None  # the file this config came from (set by load)
@@ -124,6 +146,11 @@ class Config(_Section):
         for m in self.models:
             if m.path is None and m.name != DEMO_MODEL:
                 raise msgspec.ValidationError(f"model {m.name!r} needs a path - at `$.models`")
+        for network in self.notifier.allowed_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise msgspec.ValidationError(f"{network!r} is not a network - at `$.notifier.allowed_networks`")
         if self.progress.preview_format not in ("webp", "jpeg"):
             raise msgspec.ValidationError("preview_format must be webp or jpeg - at `$.progress`")
         if self.default_model is None:
@@ -137,8 +164,30 @@ class Config(_Section):
         return Path(self.data_dir)
 
     @property
+    def api_key_file(self) -> Path:
+        """The key `diffbus up` generates when config names none."""
+        return self.data_path / "api-key"
+
+    @property
+    def webhook_secret_file(self) -> Path:
+        """The webhook signing secret `diffbus up` generates when config names none."""
+        return self.data_path / "webhook-secret"
+
+    @property
     def uses_demo_model(self) -> bool:
         return any(m.name == DEMO_MODEL and m.path is None for m in self.models)
+
+    @property
+    def api_keys(self) -> list[ApiKey]:
+        return [k if isinstance(k, ApiKey) else ApiKey(key=k) for k in self.api.keys]
+
+    @property
+    def public_base_url(self) -> str:
+        """Where the API is reached from outside, for URLs made away from a request (webhooks)."""
+        if self.api.public_base_url:
+            return self.api.public_base_url.rstrip("/")
+        host = "127.0.0.1" if self.api.host in ("0.0.0.0", "::", "") else self.api.host
+        return f"http://{host}:{self.api.port}"
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)

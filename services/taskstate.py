@@ -5,6 +5,7 @@ import msgspec
 
 from schemas.events import (
     STATUS_AFTER,
+    WEBHOOK_RECORDS,
     Accepted,
     AnyTaskEvent,
     Cancelled,
@@ -12,8 +13,11 @@ from schemas.events import (
     Completed,
     Failed,
     Started,
+    WebhookAttempt,
+    WebhookDelivered,
+    WebhookFailed,
 )
-from schemas.queries import TaskRecord
+from schemas.queries import TaskRecord, WebhookState
 
 
 def apply(record: TaskRecord | None, event: AnyTaskEvent) -> TaskRecord | None:
@@ -25,8 +29,13 @@ def apply(record: TaskRecord | None, event: AnyTaskEvent) -> TaskRecord | None:
         return TaskRecord(
             task_id=event.task_id, owner=event.owner, status=STATUS_AFTER[Accepted], spec=event.spec,
             priority=event.priority, dialect=event.dialect, callback_url=event.callback_url,
-            created_at=event.at, updated_at=event.at)
-    if record is None or record.status.is_terminal():
+            created_at=event.at, updated_at=event.at,
+            webhook=WebhookState(status="pending") if event.callback_url else None)
+    if record is None:
+        return None
+    if isinstance(event, WEBHOOK_RECORDS):  # deliveries go on after the task has ended
+        return msgspec.structs.replace(record, webhook=_webhook(record.webhook, event))
+    if record.status.is_terminal():
         return record
     if isinstance(event, CancelRequested):
         return msgspec.structs.replace(record, cancel_requested_at=event.at, updated_at=event.at)
@@ -41,3 +50,19 @@ def apply(record: TaskRecord | None, event: AnyTaskEvent) -> TaskRecord | None:
         case Cancelled():
             changes.update(finished_at=event.at)
     return msgspec.structs.replace(record, **changes)
+
+
+def _webhook(state: WebhookState | None, event) -> WebhookState:
+    state = state or WebhookState(status="pending")
+    match event:
+        case WebhookAttempt():
+            ok = event.status_code is not None and event.status_code < 300
+            return WebhookState(status="delivered" if ok else "retrying", about=event.about,
+                                attempts=event.attempt, last_status_code=event.status_code,
+                                last_error=event.error)
+        case WebhookDelivered():
+            return msgspec.structs.replace(state, status="delivered", about=event.about, attempts=event.attempts)
+        case WebhookFailed():
+            return msgspec.structs.replace(state, status="failed", about=event.about, attempts=event.attempts,
+                                           last_error=event.error)
+    return state

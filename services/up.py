@@ -4,6 +4,7 @@ Services run as child processes (as in a fleet, just closer together); one that 
 Ctrl-C or SIGTERM stops them in order (api first, nats-server last) so in-flight work settles.
 """
 
+import base64
 import logging
 import secrets
 import signal
@@ -13,14 +14,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .api.auth import key_file
 from .config import Config
 from .embedded import EmbeddedNats
 from .lifecycle import die_with_parent
 
 log = logging.getLogger("diffbus.up")
 
-SERVICES = ("projector", "gpu-worker", "api")  # start order; stopped in reverse
+SERVICES = ("projector", "notifier", "gpu-worker", "api")  # start order; stopped in reverse
 STOP_TIMEOUT_S = 20.0
 
 
@@ -28,7 +28,7 @@ def ensure_api_key(config: Config) -> None:
     """With no keys configured, create one in data/api-key on first start and show it once."""
     if config.api.keys:
         return
-    path = key_file(config)
+    path = config.api_key_file
     if path.exists():
         log.info("using the API key in %s", path)
         return
@@ -41,6 +41,16 @@ def ensure_api_key(config: Config) -> None:
           f"Try it:\n  curl -s -X POST http://{host}:{config.api.port}/api/v1/generate "
           f"-H 'Content-Type: application/json' -H '{config.api.key_header}: {key}' "
           "-d '{\"prompt\": \"a lighthouse at dusk\", \"seed\": 42}'\n", flush=True)
+
+
+def ensure_webhook_secret(config: Config) -> None:
+    """With no notifier.secret configured, create one in data/webhook-secret on first start."""
+    path = config.webhook_secret_file
+    if config.notifier.secret or path.exists():
+        return
+    path.write_text("whsec_" + base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    path.chmod(0o600)
+    print(f"Created the webhook signing secret in {path}: receivers verify webhooks with it.", flush=True)
 
 
 class Supervisor:
@@ -102,6 +112,7 @@ class Supervisor:
 def up(config: Config) -> int:
     config.data_path.mkdir(parents=True, exist_ok=True)
     ensure_api_key(config)
+    ensure_webhook_secret(config)
     if config.uses_demo_model:
         log.info("serving the built-in 'demo' model (tiny, random weights: noise-like pictures). "
                  "To serve a real one, list it under `models:` in a config file and run "

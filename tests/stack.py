@@ -15,6 +15,7 @@ from services.embedded import EmbeddedNats, free_port
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789"
 ADMIN = "admin-key-0123456789"
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 class Stack:
@@ -33,6 +34,8 @@ class Stack:
             "models": [{"name": "demo", "path": str(demo_model), "width": 64, "height": 64}],
             "worker": {"ack_wait_s": 3, "announce_every_s": 1},
             "progress": {"min_interval_s": 0, "preview_every": 2},  # every step, for exact assertions
+            "notifier": {"secret": WEBHOOK_SECRET, "allowed_networks": ["127.0.0.0/8"], "timeout_s": 1,
+                         "retry_schedule_s": [0.3, 0.3, 0.3]},
         }
         for section, values in overrides.items():
             config[section] = {**config.get(section, {}), **values} if isinstance(values, dict) else values
@@ -58,6 +61,7 @@ class Stack:
     def start_all(self, workers: int = 1) -> "Stack":
         self.start_nats()
         self.start("projector")
+        self.start("notifier")
         for _ in range(workers):
             self.start("gpu-worker")
         self.start("api")

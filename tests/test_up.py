@@ -45,6 +45,7 @@ def test_up_serves_the_demo_model_with_a_generated_key_and_stops_on_ctrl_c(tmp_p
         text = log.read_text()
         assert key in text and f"curl -s -X POST {base}/api/v1/generate" in text
         assert "serving the built-in 'demo' model" in text
+        assert (tmp_path / "data" / "webhook-secret").read_text().startswith("whsec_")
 
         request = urllib.request.Request(
             f"{base}/api/v1/generate", data=json.dumps({"prompt": "x", "num_inference_steps": 2}).encode(),
@@ -53,7 +54,7 @@ def test_up_serves_the_demo_model_with_a_generated_key_and_stops_on_ctrl_c(tmp_p
             assert json.load(resp)["status"] == "pending"
 
         children = children_of(up.pid)
-        assert len(children) == 4  # nats-server, projector, gpu-worker, api
+        assert len(children) == 5  # nats-server, projector, notifier, gpu-worker, api
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
         assert not [pid for pid in children if alive(pid)]

@@ -2,13 +2,15 @@
 
 import secrets
 from datetime import UTC, datetime
+
+import msgspec
 from typing import Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.jobs import SCHEDULERS, Img2Img, OutputFormat, Txt2Img
-from schemas.events import TaskStatus
+from schemas.events import TERMINAL_WEBHOOK_EVENTS, TaskStatus, WebhookEvent
 from schemas.queries import TaskRecord
 
 from . import live, validation
@@ -41,6 +43,7 @@ class GenerateRequest(BaseModel):
     seed: int | None = Field(None, ge=-1, lt=SEED_RANGE)  # None or -1: random
     output_format: Literal["png", "jpg", "jpeg"] = "png"
     callback_url: str | None = None
+    webhook_events: list[WebhookEvent] | None = None  # default: completed, failed, cancelled
 
     @field_validator("width", "height")
     @classmethod
@@ -80,6 +83,7 @@ def task_view(record: TaskRecord, base_url: str) -> dict:
         "error_message": record.error_message,
         "created_at": iso(record.created_at),
         "updated_at": iso(record.updated_at),
+        **({"webhook": msgspec.to_builtins(record.webhook)} if record.webhook else {}),
     }
 
 
@@ -96,6 +100,8 @@ async def generate(request: web.Request) -> web.Response:
     principal = _principal(request)
     config = ctx.config
     req = await validation.parse(request, GenerateRequest, config)
+    if req.callback_url:
+        await validation.webhook_target(req.callback_url, "callback_url", config)
     model = config.model(config.default_model)
     common = dict(
         model=model.name,
@@ -121,6 +127,7 @@ async def generate(request: web.Request) -> web.Response:
         key = await ctx.tasks.store_input(image)
         spec = Img2Img(width=width, height=height, init_image=key, strength=strength, **common)
     task_id = await ctx.tasks.submit(spec, principal, dialect=DIALECT, callback_url=req.callback_url,
+                                     webhook_events=req.webhook_events or TERMINAL_WEBHOOK_EVENTS,
                                      idempotency_key=request.headers.get("Idempotency-Key"))
     return web.json_response({"task_id": task_id, "status": "pending",
                               "message": "Task created; poll /api/v1/tasks/{task_id} for the result"})

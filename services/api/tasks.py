@@ -10,7 +10,16 @@ from nats.js.errors import NotFoundError
 
 from schemas import subjects
 from schemas.codec import decode, decode_event, encode
-from schemas.events import Accepted, Cancelled, CancelRequested, Failed, Progress, TaskStatus
+from schemas.events import (
+    TERMINAL_WEBHOOK_EVENTS,
+    Accepted,
+    Cancelled,
+    CancelRequested,
+    Failed,
+    Progress,
+    TaskStatus,
+    WebhookEvent,
+)
 from schemas.jobs import Job, JobSpec
 from schemas.queries import TaskGet, TaskRecord, TaskReply
 from schemas.subjects import Priority
@@ -46,14 +55,16 @@ class Tasks:
         return str(uuid.uuid4())
 
     async def submit(self, spec: JobSpec, principal: Principal, *, dialect: str,
-                     callback_url: str | None = None, priority: Priority = Priority.NORMAL,
+                     callback_url: str | None = None, webhook_events: list[WebhookEvent] | None = None,
+                     priority: Priority = Priority.NORMAL,
                      task_id: str | None = None, idempotency_key: str | None = None) -> str:
         """Publish `accepted` (the audit record, with the whole spec) and then the job."""
         task_id = task_id or self.task_id_for(principal, idempotency_key)
         if idempotency_key and await bus.last_event(self.js, task_id, Accepted.name()) is not None:
             return task_id  # a retried submit: the task exists already
         accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
-                            priority=priority, dialect=dialect, callback_url=callback_url)
+                            priority=priority, dialect=dialect, callback_url=callback_url,
+                            webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
         try:
             await bus.publish_event(self.js, accepted)
         except (nats.errors.Error, TimeoutError) as e:

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from services import webhook_targets
 from services.config import Config
 
 from .errors import ApiError, invalid
@@ -60,6 +61,14 @@ def check_at_most(value: float | None, config: Config, limit_name: str) -> float
     if value is not None and value > limit:
         raise ValueError(f"must be at most {limit}")
     return value
+
+
+async def webhook_target(url: str, field: str, config: Config) -> None:
+    """422 for webhook targets in private or special networks (unless config allows them)."""
+    try:
+        await webhook_targets.check_url(url, webhook_targets.networks(config.notifier.allowed_networks))
+    except webhook_targets.BlockedTarget as e:
+        raise invalid([field], f"webhook target refused: {e}") from None
 
 
 def check_callback_url(value: str | None) -> str | None:

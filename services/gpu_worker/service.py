@@ -177,7 +177,7 @@ class GpuWorker:
             await self._cancelled(msg, task_id)
             return
         await bus.publish_event(self.js, Started(task_id=task_id, at=time.time(), worker=self.id,
-                                                 attempt=attempt), attempt=attempt)
+                                                 attempt=attempt), attempt)
         heartbeat = asyncio.create_task(self._keep_alive(msg))
         started = time.perf_counter()
         try:

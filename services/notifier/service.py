@@ -1,0 +1,186 @@
+"""notifier: turns task events into signed webhooks. It consumes the TASKS stream with a durable
+consumer shared by every notifier, so a crash loses nothing and no two notifiers send the same event;
+retries are JetStream redeliveries (nak with delay), so their state lives in the stream too."""
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+
+import aiohttp
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from standardwebhooks.webhooks import Webhook
+
+from schemas import subjects
+from schemas.codec import decode, decode_event
+from schemas.events import (
+    Accepted,
+    Progress,
+    Started,
+    TaskStatus,
+    WebhookAttempt,
+    WebhookDelivered,
+    WebhookEvent,
+    WebhookFailed,
+)
+from services import bus, webhook_targets
+from services.config import Config, ConfigError
+from services.lifecycle import stop_event
+
+from . import backoff, payloads
+from .delivery import Attempt, post
+
+log = logging.getLogger("diffbus.notifier")
+
+ACCEPTED_CACHE = 10_000
+
+
+def signers(config: Config) -> tuple[Webhook, dict[str, Webhook]]:
+    """The default signer and one per owner whose key has its own secret."""
+    secret = config.notifier.secret
+    path = config.webhook_secret_file
+    if secret is None and path.exists():
+        secret = path.read_text().strip()
+    if not secret:
+        raise ConfigError("no webhook secret: set notifier.secret (whsec_…) in config.yaml "
+                          "(`diffbus up` creates one in data/webhook-secret when none is configured)")
+    try:
+        return Webhook(secret), {k.owner: Webhook(k.webhook_secret) for k in config.api_keys if k.webhook_secret}
+    except Exception as e:  # noqa: BLE001 - standardwebhooks raises plain errors on bad secrets
+        raise ConfigError(f"bad webhook secret: {e}") from None
+
+
+class Notifier:
+    def __init__(self, config: Config, nc):
+        self.config = config
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.signer, self.owner_signers = signers(config)
+        self.allowed = webhook_targets.networks(config.notifier.allowed_networks)
+        self.base_url = config.public_base_url
+        self.slots = asyncio.Semaphore(config.notifier.max_in_flight)
+        self.accepted: OrderedDict[str, Accepted | None] = OrderedDict()
+        self.progress_sent: dict[str, float] = {}
+        self.tasks: set[asyncio.Task] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        ncfg = self.config.notifier
+        connector = aiohttp.TCPConnector(resolver=webhook_targets.GuardedResolver(self.allowed),
+                                         limit=ncfg.max_in_flight)
+        self.session = aiohttp.ClientSession(connector=connector,
+                                             timeout=aiohttp.ClientTimeout(total=ncfg.timeout_s))
+        events = await self.js.pull_subscribe(
+            "", durable=subjects.NOTIFIER_DURABLE, stream=subjects.TASKS,
+            config=ConsumerConfig(filter_subjects=subjects.webhook_triggers(), ack_policy=AckPolicy.EXPLICIT,
+                                  deliver_policy=DeliverPolicy.ALL, ack_wait=2 * ncfg.timeout_s + 10,
+                                  max_deliver=-1, max_ack_pending=10 * ncfg.max_in_flight))
+        progress = await self.nc.subscribe(subjects.progress("*"), queue=subjects.NOTIFIER_QUEUE,
+                                           cb=self._on_progress)
+        log.info("notifier ready")
+        try:
+            while not stop.is_set():
+                await self.slots.acquire()
+                try:
+                    [msg] = await events.fetch(1, timeout=1.0)
+                except TimeoutError:  # nats-py raises both its own and the builtin one
+                    self.slots.release()
+                    continue
+                self._spawn(self._handle(msg))
+        finally:
+            await progress.unsubscribe()
+            await events.unsubscribe()
+            if self.tasks:  # let deliveries under way finish; what is cut off is redelivered later
+                await asyncio.wait(list(self.tasks), timeout=ncfg.timeout_s)
+            for task in list(self.tasks):
+                task.cancel()
+            await self.session.close()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        self.slots.release()
+        if not task.cancelled() and task.exception():
+            log.error("webhook delivery crashed", exc_info=task.exception())
+
+    async def _accepted(self, task_id: str) -> Accepted | None:
+        if task_id not in self.accepted:
+            data = await bus.last_event(self.js, task_id, Accepted.name())
+            self.accepted[task_id] = None if data is None else decode(data, Accepted)
+            if len(self.accepted) > ACCEPTED_CACHE:
+                self.accepted.popitem(last=False)
+        return self.accepted[task_id]
+
+    async def _handle(self, msg) -> None:
+        event = decode_event(msg.data)
+        about = payloads.about(event)
+        accepted = await self._accepted(event.task_id)
+        if accepted is None or not accepted.callback_url or about not in accepted.webhook_events:
+            await msg.ack()
+            return
+        started_at = event.at if isinstance(event, Started) else await self._started_at(event.task_id)
+        body = payloads.render(accepted, event, self.base_url, started_at)
+        webhook_id = f"msg_{event.task_id}_{about.value}"
+        attempt_no = msg.metadata.num_delivered
+        attempt = await self._post(accepted, webhook_id, body)
+        await bus.publish_event(self.js, WebhookAttempt(
+            task_id=event.task_id, at=time.time(), about=about, webhook_id=webhook_id, attempt=attempt_no,
+            status_code=attempt.status, latency_ms=attempt.latency_ms, error=attempt.error), about.value, attempt_no)
+        result = backoff.outcome(attempt.status)
+        if result is backoff.Outcome.DELIVERED:
+            await bus.publish_event(self.js, WebhookDelivered(
+                task_id=event.task_id, at=time.time(), about=about, webhook_id=webhook_id, attempts=attempt_no),
+                about.value)
+            await msg.ack()
+            return
+        terminal = about not in (WebhookEvent.STARTED, WebhookEvent.PROGRESS)
+        delay = None
+        if result is backoff.Outcome.RETRY and terminal and not attempt.blocked:
+            delay = backoff.retry_delay(attempt_no, self.config.notifier.retry_schedule_s, attempt.retry_after_s)
+        if delay is not None:
+            await msg.nak(delay=delay)
+            return
+        await bus.publish_event(self.js, WebhookFailed(
+            task_id=event.task_id, at=time.time(), about=about, webhook_id=webhook_id, attempts=attempt_no,
+            error=attempt.error or f"HTTP {attempt.status}"), about.value)
+        await msg.term()
+
+    async def _post(self, accepted: Accepted, webhook_id: str, body: dict) -> Attempt:
+        signer = self.owner_signers.get(accepted.owner, self.signer)
+        return await post(self.session, signer, accepted.callback_url, webhook_id, body, self.allowed)
+
+    async def _started_at(self, task_id: str) -> float | None:
+        data = await bus.last_event(self.js, task_id, Started.name())
+        return None if data is None else decode(data, Started).at
+
+    async def _on_progress(self, msg) -> None:
+        """Progress webhooks: sent once, at most every progress_min_interval_s per task, never retried."""
+        progress = decode(msg.data, Progress)
+        if progress.status is not TaskStatus.PROCESSING:
+            return
+        now = time.monotonic()
+        if now - self.progress_sent.get(progress.task_id, -1e9) < self.config.notifier.progress_min_interval_s:
+            return
+        accepted = await self._accepted(progress.task_id)
+        if accepted is None or not accepted.callback_url or WebhookEvent.PROGRESS not in accepted.webhook_events:
+            return
+        self.progress_sent[progress.task_id] = now
+        if len(self.progress_sent) > ACCEPTED_CACHE:
+            self.progress_sent.pop(next(iter(self.progress_sent)))
+        if self.slots.locked():
+            return  # busy with terminal events: a progress update may be dropped, a result may not
+        await self.slots.acquire()
+        webhook_id = f"msg_{progress.task_id}_progress_{progress.tick}"
+        self._spawn(self._post(accepted, webhook_id, payloads.render(accepted, progress, self.base_url)))
+
+
+async def run(config: Config) -> None:
+    nc = await bus.connect(config, "notifier")
+    try:
+        await bus.ensure(nc.jetstream(), config)
+        await Notifier(config, nc).run(stop_event())
+    finally:
+        await nc.drain()
