@@ -53,3 +53,39 @@ def test_fold_follows_a_task_and_terminal_state_is_final():
     assert taskstate.apply(record, Started(task_id="t", at=4.0, worker="w2", attempt=2)) == record
     assert taskstate.apply(record, Failed(task_id="t", at=5.0, error="late")) == record
     assert taskstate.apply(None, Started(task_id="u", at=1.0, worker="w")) is None
+
+
+def test_webhook_retry_schedule_jitters_and_honours_retry_after():
+    from services.notifier import backoff
+
+    schedule = [5, 30, 120]
+    assert backoff.retry_delay(1, schedule, rng=lambda: 0.0) == 4.0
+    assert backoff.retry_delay(2, schedule, rng=lambda: 1.0) == pytest.approx(36.0)
+    assert backoff.retry_delay(1, schedule, retry_after=60, rng=lambda: 0.5) == 60
+    assert backoff.retry_delay(4, schedule) is None
+    assert backoff.parse_retry_after("120", now=0) == 120
+    assert backoff.parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412480 - 30) == 30
+    assert backoff.parse_retry_after("soon", now=0) is None
+
+
+@pytest.mark.parametrize("status, outcome", [
+    (200, "delivered"), (204, "delivered"), (None, "retry"), (429, "retry"), (500, "retry"),
+    (503, "retry"), (410, "gone"), (400, "rejected"), (404, "rejected"), (301, "rejected")])
+def test_webhook_status_outcomes(status, outcome):
+    from services.notifier import backoff
+
+    assert backoff.outcome(status).value == outcome
+
+
+@pytest.mark.parametrize("address, allowed", [
+    ("93.184.216.34", True), ("127.0.0.1", False), ("10.1.2.3", False), ("169.254.169.254", False),
+    ("::1", False), ("::ffff:192.168.0.1", False), ("fd00:ec2::254", False), ("224.0.0.1", False)])
+def test_webhook_target_addresses(address, allowed):
+    from services import webhook_targets
+
+    if allowed:
+        webhook_targets.check_address(address, [])
+    else:
+        with pytest.raises(webhook_targets.BlockedTarget):
+            webhook_targets.check_address(address, [])
+    webhook_targets.check_address("10.1.2.3", webhook_targets.networks(["10.0.0.0/8"]))

@@ -209,3 +209,34 @@ async def test_private_and_metadata_targets_are_refused_and_queue_nothing(client
     assert (await resp.json())["detail"][0]["loc"] == ["body", "callback_url"]
     after = (await js.stream_info(subjects.JOBS)).state.last_seq, (await js.stream_info(subjects.TASKS)).state.last_seq
     assert after == before
+
+
+async def test_progress_webhooks_are_throttled(client, receiver):
+    hook = "progress-" + uuid.uuid4().hex[:6]
+    task_id = await client.submit({"prompt": "x", "width": 128, "height": 128, "num_inference_steps": 40,
+                                   "callback_url": receiver.url(hook), "webhook_events": ["progress", "completed"]})
+    await client.wait(task_id)
+    calls = await receiver.wait(hook, 2)
+    await asyncio.sleep(0.5)
+    bodies = [verified(c) for c in receiver.to(hook)]
+    progress = [(c["at"], b) for c, b in zip(receiver.to(hook), bodies) if b["event"] == "progress"]
+    assert progress and [b["event"] for b in bodies].count("completed") == 1
+    assert all(0 < b["progress"] <= 1 and b["status"] == "processing" for _, b in progress)
+    gaps = [later - earlier for (earlier, _), (later, _) in zip(progress, progress[1:])]
+    assert all(gap >= 0.9 for gap in gaps)  # notifier.progress_min_interval_s defaults to 1 s
+    assert len(calls) >= 2
+
+
+async def test_two_notifiers_share_the_work_without_double_delivery(client, receiver, stack):
+    second = stack.start("notifier")
+    try:
+        await asyncio.sleep(3)  # let it subscribe
+        hooks = ["shared-" + uuid.uuid4().hex[:6] for _ in range(6)]
+        for hook in hooks:
+            await client.submit({"prompt": "x", "callback_url": receiver.url(hook), **FAST})
+        for hook in hooks:
+            await receiver.wait(hook)
+        await asyncio.sleep(1)
+        assert [len(receiver.to(hook)) for hook in hooks] == [1] * 6
+    finally:
+        Stack.stop(second)
