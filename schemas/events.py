@@ -67,6 +67,8 @@ class CancelRequested(TaskEvent, kw_only=True, tag="cancel_requested"):
 class Started(TaskEvent, kw_only=True, tag="started"):
     worker: str
     attempt: int = 1
+    stage: int = 0  # index into schemas.jobs.stages(spec)
+    stage_name: str = "generate"
 
 
 class Completed(TaskEvent, kw_only=True, tag="completed"):
@@ -131,9 +133,12 @@ class Progress(msgspec.Struct, kw_only=True):
     task_id: str
     at: float
     status: TaskStatus
-    step: int = 0
+    step: int = 0  # within the stage
     total_steps: int = 0
-    fraction: float = 0.0
+    fraction: float = 0.0  # over the whole task, every stage
+    stage: int = 0
+    stage_name: str | None = None
+    stages: int = 1
     eta_s: float | None = None
     queue_position: int | None = None
     attempt: int = 0
@@ -145,5 +150,5 @@ class Progress(msgspec.Struct, kw_only=True):
 
     @property
     def tick(self) -> int:
-        """Orders a task's progress messages: later attempts and steps give larger ticks."""
-        return self.attempt * 1_000_000 + self.step
+        """Orders a task's progress messages: later stages, attempts and steps give larger ticks."""
+        return (self.stage * 100 + self.attempt) * 1_000_000 + self.step

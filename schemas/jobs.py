@@ -55,8 +55,23 @@ class GenerationSpec(msgspec.Struct, kw_only=True, tag_field="kind"):
         return [self.seed + i for i in range(self.num_images)]
 
 
+LATENT_UPSCALER = "Latent"  # hires fix by upscaling latents inside the gpu worker
+BUILTIN_UPSCALERS = ("Lanczos", "Nearest")  # need no model file
+
+
+class HiresFix(msgspec.Struct, kw_only=True):
+    """A second, img2img pass over the upscaled first image (A1111's hires fix)."""
+
+    scale: float
+    upscaler: str  # LATENT_UPSCALER, a builtin, or a configured model name
+    steps: int  # second-pass steps
+    denoising_strength: float
+    width: int  # final size
+    height: int
+
+
 class Txt2Img(GenerationSpec, tag="txt2img"):
-    pass
+    hires: HiresFix | None = None
 
 
 class Img2Img(GenerationSpec, tag="img2img"):
@@ -64,13 +79,67 @@ class Img2Img(GenerationSpec, tag="img2img"):
     strength: float
 
 
-JobSpec = Txt2Img | Img2Img
+class Upscale(msgspec.Struct, kw_only=True, tag_field="kind", tag="upscale"):
+    image: str  # storage key
+    scale: float
+    upscaler: str
+    width: int  # output size: round(input size × scale)
+    height: int
+    output_format: OutputFormat = OutputFormat.PNG
+
+
+JobSpec = Txt2Img | Img2Img | Upscale
+
+
+UPSCALE_QUEUE = "@upscale"  # the queue name of upscale tasks, beside model names
+
+
+def queue_name(spec: "JobSpec") -> str:
+    """Which queue a task waits in: its model's, or the upscalers'."""
+    return UPSCALE_QUEUE if isinstance(spec, Upscale) else spec.model
+
+
+class Stage(msgspec.Struct, frozen=True):
+    name: str  # generate | upscale | refine
+    weight: float  # share of the task's progress
+
+
+def stages(spec: JobSpec) -> list[Stage]:
+    """The stages a task runs, in order; a hires fix with a model upscaler crosses to the upscaler
+    service and back. Weights make one progress fraction across all of them."""
+    if isinstance(spec, Upscale):
+        return [Stage("upscale", 1.0)]
+    base = Stage("generate", spec.steps if isinstance(spec, Txt2Img) else spec.steps * spec.strength)
+    hires = getattr(spec, "hires", None)
+    if hires is None:
+        return [base]
+    refine = Stage("refine", max(1, int(hires.steps * hires.denoising_strength)))
+    if hires.upscaler == LATENT_UPSCALER:
+        return [base, refine]
+    return [base, Stage("upscale", max(1.0, 0.2 * (base.weight + refine.weight))), refine]
+
+
+def stage_span(spec: JobSpec, index: int) -> tuple[float, float]:
+    """The part [start, end) of the task's progress that stage `index` covers."""
+    weights = [stage.weight for stage in stages(spec)]
+    total = sum(weights)
+    return sum(weights[:index]) / total, sum(weights[: index + 1]) / total
 
 
 class Job(msgspec.Struct, kw_only=True):
-    """A message on the JOBS stream."""
+    """A message on the JOBS stream: a task's spec and which of its stages to run."""
 
     task_id: str
     spec: JobSpec
     priority: Priority = Priority.NORMAL
+    stage: int = 0  # index into stages(spec)
+    inputs: list[str] = []  # storage keys of the images the stage starts from (later stages)
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def stage_name(self) -> str:
+        return stages(self.spec)[self.stage].name
+
+    @property
+    def last_stage(self) -> bool:
+        return self.stage == len(stages(self.spec)) - 1

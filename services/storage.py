@@ -29,6 +29,11 @@ def result_key(task_id: str, index: int, extension: str) -> str:
     return f"results/{task_id}/{index}.{extension}"
 
 
+def stage_key(task_id: str, stage: str, index: int) -> str:
+    """An intermediate image handed from one stage of a task to the next."""
+    return f"stages/{task_id}/{stage}-{index}.png"
+
+
 class ObjectStoreStorage:
     """Objects in the JetStream object store bucket `images`: nothing to run beside nats-server."""
 

@@ -4,14 +4,14 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from schemas.jobs import SCHEDULERS, Img2Img, JobSpec
+from schemas.jobs import SCHEDULERS, HiresFix, Img2Img, JobSpec
 
 
 class GenerationError(Exception):
     """The job cannot be done as asked (bad parameters that slipped past the API): fail, do not retry."""
 
 
-class Interrupted(Exception):
+class Stopped(Exception):
     """Generation stopped between steps because `on_step` asked it to (cancel or shutdown)."""
 
 
@@ -37,17 +37,19 @@ def scheduler_for(pipe, name: str | None):
     return getattr(diffusers, name).from_config(pipe.scheduler.config)
 
 
-def run(pipe, spec: JobSpec, init_image: Image.Image | None,
-        on_step: StepCallback = lambda *_: False) -> list[Image.Image]:
-    """Generate the images of `spec` (blocking; run it in an executor)."""
+def refine_steps(hires: HiresFix) -> int:
+    return min(hires.steps, int(hires.steps * hires.denoising_strength))
+
+
+def _call(pipe, image_to_image: bool, spec: JobSpec, on_step: StepCallback, **kwargs):
+    """One diffusers call with a fresh scheduler, per-image CPU generators (the same seed gives the
+    same image on any device) and a step callback that may stop it."""
     import torch
     from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
 
-    scheduler = scheduler_for(pipe, spec.scheduler)
-    view_class = AutoPipelineForImage2Image if isinstance(spec, Img2Img) else AutoPipelineForText2Image
-    view = view_class.from_pipe(pipe, scheduler=scheduler)
+    view_class = AutoPipelineForImage2Image if image_to_image else AutoPipelineForText2Image
+    view = view_class.from_pipe(pipe, scheduler=scheduler_for(pipe, spec.scheduler))
     view.set_progress_bar_config(disable=True)
-
     stopped = False
 
     def on_step_end(p, index, timestep, tensors):
@@ -56,24 +58,41 @@ def run(pipe, spec: JobSpec, init_image: Image.Image | None,
             stopped = p._interrupt = True
         return tensors
 
-    common = dict(
-        prompt=spec.prompt,
-        negative_prompt=spec.negative_prompt or None,
-        num_images_per_prompt=spec.num_images,
-        num_inference_steps=spec.steps,
-        guidance_scale=spec.guidance_scale,
-        # CPU generators: the same seed gives the same image on any device.
-        generator=[torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds],
-        callback_on_step_end=on_step_end,
-        callback_on_step_end_tensor_inputs=["latents"],
-    )
+    kwargs.setdefault("negative_prompt", spec.negative_prompt or None)
     with torch.inference_mode():
-        if isinstance(spec, Img2Img):
-            if init_image is None:
-                raise GenerationError("img2img job without its init image")
-            out = view(image=init_image.convert("RGB"), strength=spec.strength, **common)
-        else:
-            out = view(width=spec.width, height=spec.height, **common)
+        out = view(guidance_scale=spec.guidance_scale,
+                   generator=[torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds],
+                   callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
     if stopped:
-        raise Interrupted()
+        raise Stopped()
     return out.images
+
+
+def run(pipe, spec: JobSpec, init_image: Image.Image | None, on_step: StepCallback = lambda *_: False,
+        output_type: str = "pil"):
+    """Generate the images of `spec` (blocking; run it in an executor)."""
+    common = dict(prompt=spec.prompt, num_images_per_prompt=spec.num_images, num_inference_steps=spec.steps,
+                  output_type=output_type)
+    if isinstance(spec, Img2Img):
+        if init_image is None:
+            raise GenerationError("img2img job without its init image")
+        return _call(pipe, True, spec, on_step, image=init_image.convert("RGB"), strength=spec.strength, **common)
+    return _call(pipe, False, spec, on_step, width=spec.width, height=spec.height, **common)
+
+
+def refine(pipe, spec: JobSpec, images, on_step: StepCallback = lambda *_: False) -> list[Image.Image]:
+    """The hires fix's second pass: img2img over the upscaled images (PIL images or latents)."""
+    hires = spec.hires
+    if isinstance(images, list):
+        images = [image.convert("RGB") for image in images]
+    n = len(images)
+    return _call(pipe, True, spec, on_step, image=images, strength=hires.denoising_strength,
+                 num_inference_steps=hires.steps, prompt=[spec.prompt] * n,
+                 negative_prompt=[spec.negative_prompt] * n if spec.negative_prompt else None)
+
+
+def upscale_latents(latents, hires: HiresFix):
+    """A1111's `Latent` upscaler: bilinear in latent space to the final size / 8."""
+    import torch.nn.functional as F
+
+    return F.interpolate(latents, size=(hires.height // 8, hires.width // 8), mode="bilinear")

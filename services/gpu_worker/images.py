@@ -21,6 +21,10 @@ def infotext(spec: JobSpec, seed: int) -> str:
     }
     if isinstance(spec, Img2Img):
         fields["Denoising strength"] = spec.strength
+    hires = getattr(spec, "hires", None)
+    if hires is not None:
+        fields.update({"Denoising strength": hires.denoising_strength, "Hires upscale": hires.scale,
+                       "Hires steps": hires.steps, "Hires upscaler": hires.upscaler})
     lines = [spec.prompt]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")

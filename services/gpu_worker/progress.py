@@ -37,7 +37,9 @@ class StepReporter:
 
     def __init__(self, task_id: str, total_steps: int, attempt: int, image_size: tuple[int, int],
                  config: ProgressConfig, publish: Callable[[Progress], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *, stage: int = 0, stage_name: str | None = None,
+                 stages: int = 1, span: tuple[float, float] = (0.0, 1.0)):
+        self.stage, self.stage_name, self.stages, self.span = stage, stage_name, stages, span
         self.task_id = task_id
         self.total_steps = total_steps
         self.attempt = attempt
@@ -59,9 +61,11 @@ class StepReporter:
             return  # a due preview rides on the next message that is sent
         self.last_sent = now
         eta = (now - self.started) / step * (self.total_steps - step) if step else None
+        start, end = self.span
         msg = Progress(task_id=self.task_id, at=time.time(), status=TaskStatus.PROCESSING, step=step,
-                       total_steps=self.total_steps, fraction=step / self.total_steps, eta_s=eta,
-                       attempt=self.attempt)
+                       total_steps=self.total_steps, fraction=start + (end - start) * step / self.total_steps,
+                       eta_s=eta, attempt=self.attempt, stage=self.stage, stage_name=self.stage_name,
+                       stages=self.stages)
         if preview_due:
             self.last_preview_step = step
             msg.preview, msg.preview_width, msg.preview_height = preview(

@@ -10,6 +10,7 @@ import sqlite_utils
 
 from schemas.codec import decode, encode
 from schemas.events import AnyTaskEvent
+from schemas.jobs import queue_name
 from schemas.queries import TaskRecord
 from services import taskstate
 
@@ -69,7 +70,7 @@ class TaskDB:
                     continue
                 self.tasks.upsert({
                     "task_id": after.task_id, "owner": after.owner, "status": after.status.value,
-                    "kind": after.spec.__struct_config__.tag, "model": after.spec.model,
+                    "kind": after.spec.__struct_config__.tag, "model": queue_name(after.spec),
                     "priority": after.priority.value,
                     "created_at": after.created_at, "updated_at": after.updated_at,
                     "last_seq": seq, "record": encode(after).decode(),

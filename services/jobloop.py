@@ -1,0 +1,279 @@
+"""The life of a job on any worker (gpu_worker, upscaler): pull it from the first queue that holds
+one (high priority first, woken by a doorbell), skip it if cancelled, announce the start, heartbeat
+while it runs, then complete, chain the next stage, fail, or hand it back, and only then ack.
+A worker that dies leaves its job to be redelivered to another."""
+
+import asyncio
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import KeyNotFoundError
+
+from schemas import subjects
+from schemas.codec import decode, encode
+from schemas.events import Cancelled, CancelRequested, Completed, Failed, ImageResult, Progress, Started
+from schemas.jobs import Job, stages
+from schemas.workers import WorkerAnnouncement
+
+from . import bus, storage
+from .config import Config
+
+log = logging.getLogger("diffbus.jobloop")
+
+IDLE_POLL_S = 1.0  # without a doorbell, look at every queue this often (redeliveries ring no bell)
+FETCH_S = 0.05  # how long a pull request waits on a queue believed to hold work
+TERMINAL_EVENTS = (Completed.name(), Failed.name(), Cancelled.name())
+
+
+class JobError(Exception):
+    """The job cannot be done as asked (bad parameters, missing input): fail now, do not retry."""
+
+
+class Interrupted(Exception):
+    """Work stopped between steps because the task was cancelled or the worker is stopping."""
+
+
+class JobWorker:
+    """Subclasses name their queues and do the work; this class settles every message."""
+
+    kind = "worker"
+
+    def __init__(self, config: Config, nc):
+        self.config = config
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.storage = storage.ObjectStoreStorage(self.js)
+        self.id = bus.worker_id(self.kind)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=self.kind)
+        self.stopping = False  # read by the work thread between steps
+        self.doorbell = asyncio.Event()
+        self.queues: list = []  # pull subscriptions, in the order they are served
+        self.queue_of: dict[str, int] = {}  # job subject -> index in queues
+        self.ready: set[int] = set()  # queues believed to hold work
+        self.subs: list = []  # core subscriptions
+
+    # --- what a subclass provides
+    def queue_subjects(self) -> list[tuple[str, str]]:
+        """(subject, durable consumer) pairs, highest priority first."""
+        raise NotImplementedError
+
+    async def prepare(self) -> None:
+        """Load what jobs need before taking any."""
+
+    def announcement(self) -> WorkerAnnouncement:
+        raise NotImplementedError
+
+    async def work(self, job: Job, attempt: int, cancel: threading.Event) -> list[ImageResult] | None:
+        """Run the job's stage: the task's images when it was the last stage, None when the next
+        stage has been published."""
+        raise NotImplementedError
+
+    # --- the loop
+    async def run(self, stop: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.prepare()
+        self.cancels = await self.js.key_value(subjects.CANCEL_BUCKET)
+        kv = await self.js.key_value(subjects.WORKERS_BUCKET)
+        background = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
+        await self._subscribe()
+        self.ready.update(range(len(self.queues)))  # jobs may have queued before this worker started
+        log.info("%s ready", self.id)
+        try:
+            while not self.stopping:
+                msg = await self._next_job()
+                if msg is None:
+                    continue
+                try:
+                    await self._handle(msg)
+                except Exception:  # noqa: BLE001 - e.g. NATS lost mid-job: unacked, it is redelivered
+                    log.exception("job %s not settled", msg.metadata.sequence.stream)
+        finally:
+            for task in background:
+                task.cancel()
+            for sub in self.queues + self.subs:
+                await sub.unsubscribe()
+            try:
+                await kv.delete(subjects.model_token(self.id))
+            except Exception:  # noqa: BLE001 - the entry expires anyway
+                pass
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _on_stop(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self.stopping = True
+        self.doorbell.set()
+
+    async def _announce(self, kv) -> None:
+        while True:
+            try:
+                await kv.put(subjects.model_token(self.id), encode(self.announcement()))
+            except Exception as e:  # noqa: BLE001 - keep announcing through reconnects
+                log.warning("announce failed: %s", e)
+            await asyncio.sleep(self.config.worker.announce_every_s)
+
+    async def _subscribe(self) -> None:
+        wcfg = self.config.worker
+        for subject, durable in self.queue_subjects():
+            self.queue_of[subject] = len(self.queues)
+            self.queues.append(await self.js.pull_subscribe(
+                subject, durable=durable, stream=subjects.JOBS,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_s,
+                                      max_deliver=wcfg.max_deliver, max_ack_pending=1000)))
+            # A doorbell: job publishes reach core subscribers too, so an idle worker wakes at once.
+            self.subs.append(await self.nc.subscribe(subject, cb=self._ring))
+            self.subs.append(await self.nc.subscribe(
+                subjects.max_deliveries_advisory(subjects.JOBS, durable), queue=durable,
+                cb=self._on_max_deliveries))
+
+    async def _ring(self, msg) -> None:
+        self.ready.add(self.queue_of[msg.subject])
+        self.doorbell.set()
+
+    async def _next_job(self):
+        """The next job from the first queue that holds one, or None after an idle wait."""
+        if not self.ready:
+            self.doorbell.clear()
+            try:
+                await asyncio.wait_for(self.doorbell.wait(), IDLE_POLL_S)
+            except TimeoutError:
+                self.ready.update(range(len(self.queues)))
+            return None
+        index = min(self.ready)
+        try:
+            [msg] = await self.queues[index].fetch(1, timeout=FETCH_S)
+        except TimeoutError:  # nats-py raises both its own and the builtin one
+            self.ready.discard(index)
+            return None
+        if msg.metadata.num_pending == 0:
+            self.ready.discard(index)
+        return msg
+
+    async def _handle(self, msg) -> None:
+        attempt = msg.metadata.num_delivered
+        try:
+            job = decode(msg.data, Job)
+        except Exception as e:  # noqa: BLE001 - a message we cannot read can never succeed
+            log.error("dropping undecodable job %s: %s", msg.metadata.sequence.stream, e)
+            await msg.term()
+            return
+        if (attempt > 1 or job.stage > 0) and await self._finished(job.task_id):
+            await msg.ack()
+            return
+        cancel = threading.Event()  # read by the work thread between steps
+
+        async def on_cancel(_msg) -> None:
+            cancel.set()
+
+        watch = await self.nc.subscribe(subjects.task_event(job.task_id, CancelRequested.name()), cb=on_cancel)
+        try:
+            if await self._cancel_requested(job.task_id):  # asked before this worker subscribed
+                cancel.set()
+            await self._run(msg, job, attempt, cancel)
+        finally:
+            await watch.unsubscribe()
+
+    async def _run(self, msg, job: Job, attempt: int, cancel: threading.Event) -> None:
+        task_id = job.task_id
+        if cancel.is_set():  # a cancelled task never starts (or goes on to its next stage)
+            await self._cancelled(msg, task_id)
+            return
+        await bus.publish_event(self.js, Started(task_id=task_id, at=time.time(), worker=self.id, attempt=attempt,
+                                                 stage=job.stage, stage_name=job.stage_name), job.stage, attempt)
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        started = time.perf_counter()
+        try:
+            results = await self.work(job, attempt, cancel)
+        except Interrupted:
+            if cancel.is_set():
+                await self._cancelled(msg, task_id)
+            else:
+                log.info("task %s interrupted by shutdown; handing it back", task_id)
+                await msg.nak()
+        except JobError as e:
+            await self._fail(msg, task_id, str(e))
+        except Exception as e:  # noqa: BLE001 - transient until max_deliver
+            log.exception("task %s attempt %d failed", task_id, attempt)
+            if attempt >= self.config.worker.max_deliver:
+                await self._fail(msg, task_id, f"failed after {attempt} attempts: {e}")
+            else:
+                await msg.nak(delay=2.0 ** attempt)
+        else:
+            if results is not None:
+                await bus.publish_event(self.js, Completed(
+                    task_id=task_id, at=time.time(), worker=self.id, images=results,
+                    elapsed_s=time.perf_counter() - started))
+            await msg.ack_sync()
+        finally:
+            heartbeat.cancel()
+
+    async def publish_next_stage(self, job: Job, inputs: list[str]) -> None:
+        """Hand the task to the worker of its next stage (its queue depends on the stage)."""
+        nxt = Job(task_id=job.task_id, spec=job.spec, priority=job.priority, stage=job.stage + 1, inputs=inputs)
+        name = stages(job.spec)[nxt.stage].name
+        subject = (subjects.upscale_job(job.priority) if name == "upscale"
+                   else subjects.generate_job(job.priority, job.spec.model))
+        await self.js.publish(subject, encode(nxt), headers={"Nats-Msg-Id": f"{job.task_id}.stage{nxt.stage}"})
+
+    async def _cancelled(self, msg, task_id: str) -> None:
+        """Partial work is dropped; the job is acked so it is never redelivered."""
+        await bus.publish_event(self.js, Cancelled(task_id=task_id, at=time.time(), worker=self.id))
+        await msg.ack_sync()
+
+    async def _cancel_requested(self, task_id: str) -> bool:
+        try:
+            await self.cancels.get(task_id)
+        except KeyNotFoundError:
+            return False
+        return True
+
+    async def _fail(self, msg, task_id: str, error: str) -> None:
+        await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(), error=error, worker=self.id))
+        await msg.term()
+
+    async def _finished(self, task_id: str) -> bool:
+        for event in TERMINAL_EVENTS:
+            if await bus.last_event(self.js, task_id, event) is not None:
+                return True
+        return False
+
+    async def _keep_alive(self, msg) -> None:
+        while True:
+            await asyncio.sleep(self.config.worker.ack_wait_s / 3)
+            try:
+                await msg.in_progress()
+            except Exception as e:  # noqa: BLE001 - a missed heartbeat only risks a redelivery
+                log.warning("heartbeat failed: %s", e)
+
+    def publish_progress(self, progress: Progress) -> None:
+        """Thread-safe: called from the work thread."""
+        data = encode(progress)
+        self.loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(self.nc.publish(subjects.progress(progress.task_id), data)))
+
+    async def store_results(self, job: Job, encoded: list[bytes], seeds: list[int], size: tuple[int, int],
+                            fmt) -> list[ImageResult]:
+        results = []
+        for i, (data, seed) in enumerate(zip(encoded, seeds)):
+            key = storage.result_key(job.task_id, i, fmt.extension)
+            await self.storage.put(key, data)
+            results.append(ImageResult(key=key, content_type=fmt.content_type, width=size[0], height=size[1],
+                                       seed=seed))
+        return results
+
+    async def _on_max_deliveries(self, msg) -> None:
+        """A job whose every attempt died with its worker: end it failed and drop it from the queue."""
+        try:
+            seq = decode(msg.data, subjects.MaxDeliveriesAdvisory).stream_seq
+            stored = await self.js.get_msg(subjects.JOBS, seq)
+            job = decode(stored.data, Job)
+        except Exception as e:  # noqa: BLE001 - already gone
+            log.debug("max-deliveries advisory not handled: %s", e)
+            return
+        attempts = self.config.worker.max_deliver
+        await bus.publish_event(self.js, Failed(
+            task_id=job.task_id, at=time.time(),
+            error=f"no worker finished the job: {attempts} attempt(s) ended with the worker crashing or stopping"))
+        await self.js.delete_msg(subjects.JOBS, seq)
