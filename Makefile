@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first, pinned: on a CUDA machine the same pin takes the CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	# spandrel without torchvision (no CPU build exists for this torch): see services/upscaler/compat.py
+	$(BIN)/pip install -q --no-deps spandrel
 	touch $@
 
 install: $(STAMP)

@@ -5,6 +5,7 @@ from enum import StrEnum
 
 import msgspec
 
+from . import subjects
 from .subjects import Priority
 
 SCHEMA_VERSION = 1
@@ -143,3 +144,10 @@ class Job(msgspec.Struct, kw_only=True):
     @property
     def last_stage(self) -> bool:
         return self.stage == len(stages(self.spec)) - 1
+
+
+def job_subject(job: Job) -> str:
+    """Where a job is queued: its stage's worker kind, its priority, and for generation its model."""
+    if stages(job.spec)[job.stage].name == "upscale":
+        return subjects.upscale_job(job.priority)
+    return subjects.generate_job(job.priority, job.spec.model)

@@ -78,8 +78,8 @@ def progress(task_id: str) -> str:
 
 
 # Message ids (Nats-Msg-Id) for de-duplication inside a stream's duplicate window.
-def job_msg_id(task_id: str) -> str:
-    return task_id
+def job_msg_id(task_id: str, stage: int = 0) -> str:
+    return task_id if stage == 0 else f"{task_id}.stage{stage}"
 
 
 def event_msg_id(task_id: str, event: str, *qualifiers: object) -> str:
@@ -125,3 +125,7 @@ class MaxDeliveriesAdvisory(msgspec.Struct):
     consumer: str
     stream_seq: int
     deliveries: int
+
+
+def upscale_durable(priority: Priority) -> str:
+    return f"upscale-{priority}"

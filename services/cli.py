@@ -7,7 +7,7 @@ import sys
 
 from .config import ConfigError, load
 
-SERVICE_COMMANDS = ("up", "api", "gpu-worker", "projector", "notifier")
+SERVICE_COMMANDS = ("up", "api", "gpu-worker", "upscaler", "projector", "notifier")
 
 
 def _quiet_libraries() -> None:
@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(generate)
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo model into a folder")
     demo.add_argument("path")
+    demo_upscalers = commands.add_parser("demo-upscalers", help="build tiny random-weight upscaler files into a folder")
+    demo_upscalers.add_argument("path")
     return p
 
 
@@ -46,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         from .gpu_worker import demo_model
 
         print(demo_model.ensure(args.path))
+        return 0
+    if args.command == "demo-upscalers":
+        from .upscaler import demo_models
+
+        print("\n".join(map(str, demo_models.build(args.path))))
         return 0
     try:
         nats_url = getattr(args, "nats", None)
@@ -66,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import gpu_worker
 
             gpu_worker.main(config)
+        elif args.command == "upscaler":
+            from . import upscaler
+
+            upscaler.main(config)
         elif args.command == "notifier":
             from . import notifier
 

@@ -62,6 +62,8 @@ class Limits(_Section):
     max_prompt_chars: Positive = 10_000
     max_init_image_bytes: Positive = 16 * 1024 * 1024
     max_guidance_scale: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    max_upscale_side: Positive = 8192  # longest side of an upscaled image
+    max_upscale_scale: Annotated[float, msgspec.Meta(ge=1)] = 8.0
 
 
 class Defaults(_Section):
@@ -76,6 +78,18 @@ class ModelConfig(_Section):
     width: Positive = 512  # default size when a request names none
     height: Positive = 512
     scheduler: str | None = None  # default scheduler class name; None: the model's own
+
+
+class UpscalerModel(_Section):
+    name: str  # e.g. "R-ESRGAN 4x+"
+    path: str  # any model file spandrel recognises (.pth or .safetensors)
+
+
+class UpscalerConfig(_Section):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    tile_size: Positive = 512  # input pixels per tile side: memory stays flat for any image size
+    tile_overlap: Annotated[int, msgspec.Meta(ge=0)] = 32  # blended between neighbouring tiles
+    half: bool = True  # fp16 on CUDA where the architecture supports it
 
 
 class NatsConfig(_Section):
@@ -129,6 +143,8 @@ class Config(_Section):
     defaults: Defaults = msgspec.field(default_factory=Defaults)
     models: list[ModelConfig] = []  # empty: the built-in `demo` model
     default_model: str | None = None  # default: the first model
+    upscalers: list[UpscalerModel] = []  # beside the builtins Lanczos and Nearest
+    upscaler: UpscalerConfig = msgspec.field(default_factory=UpscalerConfig)
     worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
     projector: ProjectorConfig = msgspec.field(default_factory=ProjectorConfig)
     progress: ProgressConfig = msgspec.field(default_factory=ProgressConfig)
@@ -146,6 +162,10 @@ class Config(_Section):
         for m in self.models:
             if m.path is None and m.name != DEMO_MODEL:
                 raise msgspec.ValidationError(f"model {m.name!r} needs a path - at `$.models`")
+        reserved = {"Latent", "Lanczos", "Nearest"}
+        upscaler_names = [u.name for u in self.upscalers]
+        if reserved & set(upscaler_names) or len(set(upscaler_names)) != len(upscaler_names):
+            raise msgspec.ValidationError(f"upscaler names must be unique and not {sorted(reserved)} - at `$.upscalers`")
         for network in self.notifier.allowed_networks:
             try:
                 ipaddress.ip_network(network, strict=False)
@@ -188,6 +208,10 @@ class Config(_Section):
             return self.api.public_base_url.rstrip("/")
         host = "127.0.0.1" if self.api.host in ("0.0.0.0", "::", "") else self.api.host
         return f"http://{host}:{self.api.port}"
+
+    @property
+    def upscaler_names(self) -> list[str]:
+        return ["Lanczos", "Nearest", *(u.name for u in self.upscalers)]
 
     def model(self, name: str) -> ModelConfig | None:
         return next((m for m in self.models if m.name == name), None)

@@ -15,7 +15,7 @@ from nats.js.errors import KeyNotFoundError
 from schemas import subjects
 from schemas.codec import decode, encode
 from schemas.events import Cancelled, CancelRequested, Completed, Failed, ImageResult, Progress, Started
-from schemas.jobs import Job, stages
+from schemas.jobs import Job, job_subject
 from schemas.workers import WorkerAnnouncement
 
 from . import bus, storage
@@ -212,10 +212,16 @@ class JobWorker:
     async def publish_next_stage(self, job: Job, inputs: list[str]) -> None:
         """Hand the task to the worker of its next stage (its queue depends on the stage)."""
         nxt = Job(task_id=job.task_id, spec=job.spec, priority=job.priority, stage=job.stage + 1, inputs=inputs)
-        name = stages(job.spec)[nxt.stage].name
-        subject = (subjects.upscale_job(job.priority) if name == "upscale"
-                   else subjects.generate_job(job.priority, job.spec.model))
-        await self.js.publish(subject, encode(nxt), headers={"Nats-Msg-Id": f"{job.task_id}.stage{nxt.stage}"})
+        await self.js.publish(job_subject(nxt), encode(nxt),
+                              headers={"Nats-Msg-Id": subjects.job_msg_id(job.task_id, nxt.stage)})
+
+    async def hand_on(self, job: Job, encoded: list[bytes]) -> None:
+        """Store a stage's images and publish the task's next stage, which starts from them."""
+        keys = []
+        for i, data in enumerate(encoded):
+            keys.append(storage.stage_key(job.task_id, job.stage_name, i))
+            await self.storage.put(keys[-1], data)
+        await self.publish_next_stage(job, keys)
 
     async def _cancelled(self, msg, task_id: str) -> None:
         """Partial work is dropped; the job is acked so it is never redelivered."""

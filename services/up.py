@@ -20,7 +20,7 @@ from .lifecycle import die_with_parent
 
 log = logging.getLogger("diffbus.up")
 
-SERVICES = ("projector", "notifier", "gpu-worker", "api")  # start order; stopped in reverse
+SERVICES = ("projector", "notifier", "upscaler", "gpu-worker", "api")  # start order; stopped in reverse
 STOP_TIMEOUT_S = 20.0
 
 

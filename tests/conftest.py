@@ -23,6 +23,15 @@ def demo_model(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def upscaler_models(tmp_path_factory):
+    """Tiny random-weight upscaler files (.safetensors and .pth), built by `diffbus demo-upscalers`."""
+    path = tmp_path_factory.mktemp("upscalers")
+    subprocess.run([sys.executable, "-m", "services.cli", "demo-upscalers", str(path)], check=True,
+                   capture_output=True)
+    return path
+
+
 def health(base_url: str) -> dict | None:
     try:
         with urllib.request.urlopen(f"{base_url}/health", timeout=2) as r:
@@ -37,9 +46,9 @@ def wait_ready(stack: Stack, timeout: float = 90) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, demo_model):
-    """One diffbus for the session: nats-server, projector, one gpu worker, api."""
-    s = Stack(tmp_path_factory.mktemp("stack"), demo_model).start_all()
+def stack(tmp_path_factory, demo_model, upscaler_models):
+    """One diffbus for the session: nats-server, projector, notifier, upscaler, one gpu worker, api."""
+    s = Stack(tmp_path_factory.mktemp("stack"), demo_model, upscaler_models).start_all()
     try:
         wait_ready(s)
         yield s

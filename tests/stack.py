@@ -19,7 +19,7 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 class Stack:
-    def __init__(self, root: Path, demo_model: Path, **overrides):
+    def __init__(self, root: Path, demo_model: Path, upscalers: Path | None = None, **overrides):
         self.root = root
         self.nats_url = f"nats://127.0.0.1:{free_port()}"
         self.api_port = free_port()
@@ -33,6 +33,11 @@ class Stack:
             "limits": {"max_steps": 60},
             "models": [{"name": "demo", "path": str(demo_model), "width": 64, "height": 64}],
             "worker": {"ack_wait_s": 3, "announce_every_s": 1},
+            "upscalers": [] if upscalers is None else [
+                {"name": "R-ESRGAN 4x+", "path": str(upscalers / "compact-x4.safetensors")},
+                {"name": "compact-pth", "path": str(upscalers / "compact-x4.pth")},
+                {"name": "ESRGAN_4x", "path": str(upscalers / "esrgan-x4.pth")}],
+            "upscaler": {"tile_size": 48, "tile_overlap": 8},  # small tiles: tiling runs in every test
             "progress": {"min_interval_s": 0, "preview_every": 2},  # every step, for exact assertions
             "notifier": {"secret": WEBHOOK_SECRET, "allowed_networks": ["127.0.0.0/8"], "timeout_s": 1,
                          "retry_schedule_s": [0.3, 0.3, 0.3]},
@@ -62,6 +67,7 @@ class Stack:
         self.start_nats()
         self.start("projector")
         self.start("notifier")
+        self.start("upscaler")
         for _ in range(workers):
             self.start("gpu-worker")
         self.start("api")

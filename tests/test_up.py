@@ -54,7 +54,7 @@ def test_up_serves_the_demo_model_with_a_generated_key_and_stops_on_ctrl_c(tmp_p
             assert json.load(resp)["status"] == "pending"
 
         children = children_of(up.pid)
-        assert len(children) == 5  # nats-server, projector, notifier, gpu-worker, api
+        assert len(children) == 6  # nats-server, projector, notifier, upscaler, gpu-worker, api
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
         assert not [pid for pid in children if alive(pid)]

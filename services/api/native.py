@@ -9,8 +9,8 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from schemas.jobs import SCHEDULERS, Img2Img, OutputFormat, Txt2Img
-from schemas.events import TERMINAL_WEBHOOK_EVENTS, TaskStatus, WebhookEvent
+from schemas.jobs import LATENT_UPSCALER, SCHEDULERS, HiresFix, Img2Img, OutputFormat, Txt2Img, Upscale
+from schemas.events import TaskStatus, WebhookEvent
 from schemas.queries import TaskRecord
 
 from . import live, validation
@@ -23,13 +23,25 @@ SEED_RANGE = 2**32
 
 
 # Fields bounded by a configured limit (services.config.Limits), beyond their static range.
-LIMITED = {"num_images": "max_images", "num_inference_steps": "max_steps",
+LIMITED = {"num_images": "max_images", "num_inference_steps": "max_steps", "hr_second_pass_steps": "max_steps",
            "guidance_scale": "max_guidance_scale"}
 
 
-class GenerateRequest(BaseModel):
+class TaskRequest(BaseModel):
+    """Fields every native task request has: where and what to be told."""
+
     model_config = ConfigDict(extra="ignore")
 
+    callback_url: str | None = None
+    webhook_events: list[WebhookEvent] | None = None  # default: completed, failed, cancelled
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback(cls, value: str | None) -> str | None:
+        return validation.check_callback_url(value)
+
+
+class GenerateRequest(TaskRequest):
     prompt: str = Field(min_length=1)
     init_image: str | None = None  # data URI; present: img2img
     negative_prompt: str | None = None
@@ -42,8 +54,17 @@ class GenerateRequest(BaseModel):
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     seed: int | None = Field(None, ge=-1, lt=SEED_RANGE)  # None or -1: random
     output_format: Literal["png", "jpg", "jpeg"] = "png"
-    callback_url: str | None = None
-    webhook_events: list[WebhookEvent] | None = None  # default: completed, failed, cancelled
+    # Hires fix (txt2img): generate, upscale by hr_scale, then an img2img pass at denoising_strength.
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1, le=4)
+    hr_upscaler: str = LATENT_UPSCALER  # Latent, Lanczos, Nearest or a configured upscaler model
+    hr_second_pass_steps: int = Field(0, ge=0)  # 0: num_inference_steps
+    denoising_strength: float = Field(0.7, ge=0, le=1)
+
+    @field_validator("hr_upscaler")
+    @classmethod
+    def _hr_upscaler(cls, value: str, info: ValidationInfo) -> str:
+        return validation.check_upscaler(value, info.context, allow_latent=True)
 
     @field_validator("width", "height")
     @classmethod
@@ -62,11 +83,6 @@ class GenerateRequest(BaseModel):
     @classmethod
     def _at_most(cls, value: float | None, info: ValidationInfo) -> float | None:
         return validation.check_at_most(value, info.context, LIMITED[info.field_name])
-
-    @field_validator("callback_url")
-    @classmethod
-    def _callback(cls, value: str | None) -> str | None:
-        return validation.check_callback_url(value)
 
 
 def iso(ts: float) -> str:
@@ -95,13 +111,32 @@ def _principal(request: web.Request):
     return principal
 
 
-async def generate(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
+async def _parse(request: web.Request, model: type[TaskRequest]):
+    """Authenticate, validate the body, check the webhook target: (principal, request)."""
     principal = _principal(request)
-    config = ctx.config
-    req = await validation.parse(request, GenerateRequest, config)
+    config = request.app[CTX].config
+    req = await validation.parse(request, model, config)
     if req.callback_url:
         await validation.webhook_target(req.callback_url, "callback_url", config)
+    return principal, req
+
+
+async def _submit(request: web.Request, spec, principal, req: TaskRequest) -> web.Response:
+    task_id = await request.app[CTX].tasks.submit(
+        spec, principal, dialect=DIALECT, callback_url=req.callback_url, webhook_events=req.webhook_events,
+        idempotency_key=request.headers.get("Idempotency-Key"))
+    return web.json_response({"task_id": task_id, "status": "pending",
+                              "message": "Task created; poll /api/v1/tasks/{task_id} for the result"})
+
+
+def _output_format(value: str) -> OutputFormat:
+    return OutputFormat.PNG if value == "png" else OutputFormat.JPEG
+
+
+async def generate(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    config = ctx.config
+    principal, req = await _parse(request, GenerateRequest)
     model = config.model(config.default_model)
     common = dict(
         model=model.name,
@@ -112,10 +147,14 @@ async def generate(request: web.Request) -> web.Response:
         guidance_scale=config.defaults.guidance_scale if req.guidance_scale is None else req.guidance_scale,
         scheduler=req.scheduler or model.scheduler,
         seed=secrets.randbelow(SEED_RANGE) if req.seed in (None, -1) else req.seed,
-        output_format=OutputFormat.PNG if req.output_format == "png" else OutputFormat.JPEG,
+        output_format=_output_format(req.output_format),
     )
     if req.init_image is None:
-        spec = Txt2Img(width=req.width or model.width, height=req.height or model.height, **common)
+        width, height = req.width or model.width, req.height or model.height
+        spec = Txt2Img(width=width, height=height, hires=hires_fix(req, width, height, common["steps"], config),
+                       **common)
+    elif req.enable_hr:
+        raise invalid(["enable_hr"], "the hires fix is for txt2img; it cannot be used with init_image")
     else:
         image = await validation.input_image(req.init_image, "init_image", config)
         width, height = image.width // 8 * 8, image.height // 8 * 8
@@ -126,11 +165,52 @@ async def generate(request: web.Request) -> web.Response:
             raise invalid(["strength"], "strength × num_inference_steps must give at least one step")
         key = await ctx.tasks.store_input(image)
         spec = Img2Img(width=width, height=height, init_image=key, strength=strength, **common)
-    task_id = await ctx.tasks.submit(spec, principal, dialect=DIALECT, callback_url=req.callback_url,
-                                     webhook_events=req.webhook_events or TERMINAL_WEBHOOK_EVENTS,
-                                     idempotency_key=request.headers.get("Idempotency-Key"))
-    return web.json_response({"task_id": task_id, "status": "pending",
-                              "message": "Task created; poll /api/v1/tasks/{task_id} for the result"})
+    return await _submit(request, spec, principal, req)
+
+
+def hires_fix(req: GenerateRequest, width: int, height: int, steps: int, config) -> HiresFix | None:
+    if not req.enable_hr:
+        return None
+    hires = HiresFix(scale=req.hr_scale, upscaler=req.hr_upscaler, steps=req.hr_second_pass_steps or steps,
+                     denoising_strength=req.denoising_strength,
+                     width=round(width * req.hr_scale / 8) * 8, height=round(height * req.hr_scale / 8) * 8)
+    if hires.width > config.limits.max_width or hires.height > config.limits.max_height:
+        raise invalid(["hr_scale"], f"the upscaled size {hires.width}x{hires.height} is over the limit "
+                                    f"{config.limits.max_width}x{config.limits.max_height}")
+    if int(hires.steps * hires.denoising_strength) < 1:
+        raise invalid(["denoising_strength"], "denoising_strength × second-pass steps must give at least one step")
+    return hires
+
+
+class UpscaleRequest(TaskRequest):
+    image: str  # data URI
+    scale: float = Field(2.0, ge=1)
+    upscaler: str = "Lanczos"
+    output_format: Literal["png", "jpg", "jpeg"] = "png"
+
+    @field_validator("upscaler")
+    @classmethod
+    def _upscaler(cls, value: str, info: ValidationInfo) -> str:
+        return validation.check_upscaler(value, info.context, allow_latent=False)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, value: float, info: ValidationInfo) -> float:
+        return validation.check_at_most(value, info.context, "max_upscale_scale")
+
+
+async def upscale(request: web.Request) -> web.Response:
+    """POST /api/v1/upscale: a task like any other; the result has round(w·scale)×round(h·scale) pixels."""
+    ctx = request.app[CTX]
+    config = ctx.config
+    principal, req = await _parse(request, UpscaleRequest)
+    image = await validation.input_image(req.image, "image", config)
+    width, height = round(image.width * req.scale), round(image.height * req.scale)
+    if max(width, height) > config.limits.max_upscale_side:
+        raise invalid(["scale"], f"the result would be {width}x{height}, over {config.limits.max_upscale_side} a side")
+    spec = Upscale(image=await ctx.tasks.store_input(image), scale=req.scale, upscaler=req.upscaler, width=width,
+                   height=height, output_format=_output_format(req.output_format))
+    return await _submit(request, spec, principal, req)
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -166,6 +246,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 
 def register(app: web.Application) -> None:
     app.router.add_post("/api/v1/generate", generate)
+    app.router.add_post("/api/v1/upscale", upscale)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
     app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel_task)
     app.router.add_get("/api/v1/tasks/{task_id}/events", task_events)

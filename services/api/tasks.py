@@ -20,7 +20,7 @@ from schemas.events import (
     TaskStatus,
     WebhookEvent,
 )
-from schemas.jobs import Job, JobSpec
+from schemas.jobs import Job, JobSpec, job_subject
 from schemas.queries import TaskGet, TaskRecord, TaskReply
 from schemas.subjects import Priority
 from services import bus, storage, taskstate
@@ -69,10 +69,9 @@ class Tasks:
             await bus.publish_event(self.js, accepted)
         except (nats.errors.Error, TimeoutError) as e:
             raise ApiError(503, f"job queue unavailable: {e}") from e
+        job = Job(task_id=task_id, spec=spec, priority=priority)
         try:
-            await self.js.publish(subjects.generate_job(priority, spec.model),
-                                  encode(Job(task_id=task_id, spec=spec, priority=priority)),
-                                  headers={"Nats-Msg-Id": subjects.job_msg_id(task_id)})
+            await self.js.publish(job_subject(job), encode(job), headers={"Nats-Msg-Id": subjects.job_msg_id(task_id)})
         except (nats.errors.Error, TimeoutError) as e:
             log.error("task %s accepted but not queued: %s", task_id, e)
             await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from schemas.jobs import LATENT_UPSCALER
 from services import webhook_targets
 from services.config import Config
 
@@ -69,6 +70,13 @@ async def webhook_target(url: str, field: str, config: Config) -> None:
         await webhook_targets.check_url(url, webhook_targets.networks(config.notifier.allowed_networks))
     except webhook_targets.BlockedTarget as e:
         raise invalid([field], f"webhook target refused: {e}") from None
+
+
+def check_upscaler(name: str, config: Config, allow_latent: bool) -> str:
+    names = ([LATENT_UPSCALER] if allow_latent else []) + config.upscaler_names
+    if name not in names:
+        raise ValueError(f"unknown upscaler; one of {names}")
+    return name
 
 
 def check_callback_url(value: str | None) -> str | None:

@@ -91,8 +91,9 @@ def refine(pipe, spec: JobSpec, images, on_step: StepCallback = lambda *_: False
                  negative_prompt=[spec.negative_prompt] * n if spec.negative_prompt else None)
 
 
-def upscale_latents(latents, hires: HiresFix):
-    """A1111's `Latent` upscaler: bilinear in latent space to the final size / 8."""
+def upscale_latents(pipe, latents, hires: HiresFix):
+    """A1111's `Latent` upscaler: bilinear in latent space, to the final size over the VAE's factor."""
     import torch.nn.functional as F
 
-    return F.interpolate(latents, size=(hires.height // 8, hires.width // 8), mode="bilinear")
+    factor = pipe.vae_scale_factor
+    return F.interpolate(latents, size=(hires.height // factor, hires.width // factor), mode="bilinear")

@@ -13,14 +13,14 @@ from schemas.events import ImageResult
 from schemas.jobs import LATENT_UPSCALER, Img2Img, Job, OutputFormat, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
-from services import bus, storage
+from services import bus
 from services.config import Config
 from services.jobloop import Interrupted, JobError, JobWorker
 from services.lifecycle import stop_event
+from services.progress import StepReporter
 
 from . import generate, images
 from .pipelines import ModelRegistry
-from .progress import StepReporter
 
 log = logging.getLogger("diffbus.gpu_worker")
 
@@ -80,7 +80,7 @@ class GpuWorker(JobWorker):
             if latent_hires:
                 latents = generate.run(pipe, spec, None, self.on_step(base, cancel), output_type="latent")
                 refine = self.reporter(job, 1, generate.refine_steps(hires), attempt, final_size)
-                return generate.refine(pipe, spec, generate.upscale_latents(latents, hires),
+                return generate.refine(pipe, spec, generate.upscale_latents(pipe, latents, hires),
                                        self.on_step(refine, cancel))
             return generate.run(pipe, spec, None, self.on_step(base, cancel))
 
@@ -99,11 +99,7 @@ class GpuWorker(JobWorker):
             raise JobError(str(e)) from None
         if finishes:
             return await self.store_results(job, encoded, spec.seeds, final_size, spec.output_format)
-        keys = []
-        for i, data in enumerate(encoded):
-            keys.append(storage.stage_key(job.task_id, job.stage_name, i))
-            await self.storage.put(keys[-1], data)
-        await self.publish_next_stage(job, keys)
+        await self.hand_on(job, encoded)
         return None
 
     async def load_image(self, key: str) -> Image.Image:

@@ -1,5 +1,6 @@
-"""Step progress: throttled Progress messages with an ETA and, every few steps, a preview decoded
-from the latents by a linear latent→RGB map (no VAE)."""
+"""Step progress for any worker: throttled Progress messages with an ETA, one fraction across a task's
+stages, and every few steps a preview (for the gpu worker: decoded from the latents by a linear
+latent→RGB map, no VAE)."""
 
 import base64
 import io
@@ -52,10 +53,16 @@ class StepReporter:
         self.last_preview_step = 0
 
     def step(self, index: int, timesteps: int, latents=None) -> None:
+        """The gpu worker's step callback: a latent preview rides along when one is due."""
+        self.report(index, timesteps, None if latents is None else lambda: preview(
+            latents, self.config.preview_format, self.config.preview_size, self.image_size))
+
+    def report(self, index: int, timesteps: int,
+               make_preview: Callable[[], tuple[str, int, int]] | None = None) -> None:
         """`index` of `timesteps` callbacks has ended (some schedulers call twice per step)."""
         step = min(self.total_steps, -(-(index + 1) * self.total_steps // timesteps))
         every = self.config.preview_every
-        preview_due = bool(every) and latents is not None and step - self.last_preview_step >= every
+        preview_due = bool(every) and make_preview is not None and step - self.last_preview_step >= every
         now = self.clock()
         if self.last_sent is not None and now - self.last_sent < self.config.min_interval_s:
             return  # a due preview rides on the next message that is sent
@@ -68,7 +75,6 @@ class StepReporter:
                        stages=self.stages)
         if preview_due:
             self.last_preview_step = step
-            msg.preview, msg.preview_width, msg.preview_height = preview(
-                latents, self.config.preview_format, self.config.preview_size, self.image_size)
+            msg.preview, msg.preview_width, msg.preview_height = make_preview()
             msg.preview_format = self.config.preview_format
         self.publish(msg)

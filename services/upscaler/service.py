@@ -1,0 +1,98 @@
+"""upscaler: upscale jobs (`jobs.upscale.*`), on their own or as the middle stage of a hires fix,
+whose images it hands back to the gpu workers for the second pass."""
+
+import io
+import logging
+import threading
+import time
+
+from PIL import Image
+
+from schemas import subjects
+from schemas.events import ImageResult
+from schemas.jobs import Job, OutputFormat, Upscale, stage_span, stages
+from schemas.subjects import PRIORITY_ORDER
+from schemas.workers import WorkerAnnouncement
+from services import bus
+from services.config import Config
+from services.jobloop import Interrupted, JobError, JobWorker
+from services.lifecycle import stop_event
+from services.progress import StepReporter
+
+from .models import UnknownUpscaler, UpscalerRegistry
+from .upscale import Stopped, upscale
+
+log = logging.getLogger("diffbus.upscaler")
+
+
+def encode(image: Image.Image, fmt: OutputFormat) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG" if fmt is OutputFormat.PNG else "JPEG", **({} if fmt is OutputFormat.PNG
+                                                                              else {"quality": 95}))
+    return buf.getvalue()
+
+
+class UpscalerWorker(JobWorker):
+    kind = "upscale"
+
+    def __init__(self, config: Config, nc, registry: UpscalerRegistry):
+        super().__init__(config, nc)
+        self.registry = registry
+
+    def queue_subjects(self) -> list[tuple[str, str]]:
+        return [(subjects.upscale_job(p), subjects.upscale_durable(p)) for p in PRIORITY_ORDER]
+
+    def announcement(self) -> WorkerAnnouncement:
+        return WorkerAnnouncement(worker=self.id, kind=self.kind, models_served=self.registry.names,
+                                  models_loaded=self.registry.loaded, device="", at=time.time())
+
+    async def work(self, job: Job, attempt: int, cancel: threading.Event) -> list[ImageResult] | None:
+        spec = job.spec
+        if isinstance(spec, Upscale):
+            keys, upscaler, size, fmt = [spec.image], spec.upscaler, (spec.width, spec.height), spec.output_format
+        else:  # the middle stage of a hires fix
+            hires = spec.hires
+            keys, upscaler, size, fmt = job.inputs, hires.upscaler, (hires.width, hires.height), OutputFormat.PNG
+        pictures = []
+        for key in keys:
+            data = await self.storage.get(key)
+            if data is None:
+                raise JobError(f"input image {key} is missing from storage")
+            pictures.append(Image.open(io.BytesIO(data)))
+        reporters: list[StepReporter] = []  # made at the first tile, when the tile count is known
+
+        def run() -> list[bytes]:
+            out = []
+            for i, picture in enumerate(pictures):
+                def on_tile(done: int, total: int, i=i) -> bool:
+                    if not reporters:
+                        reporters.append(StepReporter(
+                            job.task_id, total * len(pictures), attempt, size, self.config.progress,
+                            self.publish_progress, stage=job.stage, stage_name=job.stage_name,
+                            stages=len(stages(spec)), span=stage_span(spec, job.stage)))
+                    reporters[0].report(i * total + done - 1, total * len(pictures))
+                    return self.stopping or cancel.is_set()
+                out.append(encode(upscale(picture, size, upscaler, self.registry, self.config.upscaler,
+                                          on_tile), fmt))
+            return out
+
+        try:
+            encoded = await self.loop.run_in_executor(self.executor, run)
+        except Stopped:
+            raise Interrupted() from None
+        except (UnknownUpscaler, ValueError, OSError) as e:
+            raise JobError(f"upscaler {upscaler!r}: {e}") from None
+        if job.last_stage:
+            return await self.store_results(job, encoded, [0] * len(encoded), size, fmt)
+        await self.hand_on(job, encoded)
+        return None
+
+
+async def run(config: Config) -> None:
+    registry = UpscalerRegistry(config)
+    nc = await bus.connect(config, "upscaler")
+    try:
+        await bus.ensure(nc.jetstream(), config)
+        await UpscalerWorker(config, nc, registry).run(stop_event())
+    finally:
+        await nc.drain()
