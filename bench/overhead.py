@@ -3,8 +3,9 @@ stack (`diffbus up`: HTTP → JetStream → gpu_worker → object store → proj
 
     .venv/bin/python bench/overhead.py [--size 64] [--steps 20] [--runs 20]
 
-Prints median/p95 of each, the overhead in ms and the ratio direct/e2e, and the CPU seconds each way
-(the e2e figure sums every process of the stack). Writes bench/results/overhead.json.
+The two are interleaved run by run. Prints median/p95 of each, the overhead in ms, the ratio
+direct/e2e, and the CPU seconds each way (the e2e figure sums every process of the stack).
+Writes bench/results/overhead.json.
 """
 
 import argparse
@@ -46,7 +47,8 @@ def tree_cpu_seconds(pid: int) -> float:
     return own + sum(tree_cpu_seconds(int(c)) for c in out.split())
 
 
-def direct(config, body: dict, runs: int) -> tuple[list[float], list[float]]:
+def direct_runner(config, body: dict):
+    """A function that runs the request in-process once: (wall s, cpu s)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from schemas.jobs import Txt2Img
     from services.gpu_worker import generate, images
@@ -55,43 +57,63 @@ def direct(config, body: dict, runs: int) -> tuple[list[float], list[float]]:
     pipe = ModelRegistry(config).pipeline("demo")
     spec = Txt2Img(model="demo", prompt=body["prompt"], width=body["width"], height=body["height"],
                    steps=body["num_inference_steps"], guidance_scale=7.5, seed=body["seed"])
-    walls, cpus = [], []
-    for i in range(runs + 1):
+
+    def once() -> tuple[float, float]:
         t, c = time.perf_counter(), time.process_time()
         [img] = generate.run(pipe, spec, None)
         images.encode(img, spec.output_format, images.infotext(spec, spec.seed))
-        if i:  # the first run warms up
-            walls.append(time.perf_counter() - t)
-            cpus.append(time.process_time() - c)
-    return walls, cpus
+        return time.perf_counter() - t, time.process_time() - c
+
+    return once
 
 
-async def e2e(base: str, nats_url: str, body: dict, runs: int) -> list[float]:
+class EndToEnd:
     """Submit over HTTP, learn of completion from the task's terminal event on NATS (polling HTTP
     would steal CPU from the worker on a small machine), read the task over HTTP, download the image."""
-    headers = {"X-API-Key": KEY}
-    walls = []
-    nc = await nats.connect(nats_url)
-    done = await nc.subscribe(subjects.task_event("*", "completed"))
-    async with aiohttp.ClientSession() as s:
-        for i in range(runs + 1):
-            t = time.perf_counter()
-            async with s.post(f"{base}/api/v1/generate", json=body, headers=headers) as r:
-                task_id = (await r.json())["task_id"]
-            while (await done.next_msg(timeout=60)).subject != subjects.task_event(task_id, "completed"):
-                pass
-            while True:
-                async with s.get(f"{base}/api/v1/tasks/{task_id}", headers=headers) as r:
-                    task = await r.json()
-                if task["status"] == "completed":
-                    break
-                await asyncio.sleep(0.001)
-            async with s.get(task["result_url"]) as r:
-                await r.read()
-            if i:
-                walls.append(time.perf_counter() - t)
-    await nc.close()
-    return walls
+
+    def __init__(self, base: str, nats_url: str, body: dict):
+        self.base, self.nats_url, self.body = base, nats_url, body
+        self.headers = {"X-API-Key": KEY}
+
+    async def __aenter__(self):
+        self.nc = await nats.connect(self.nats_url)
+        self.done = await self.nc.subscribe(subjects.task_event("*", "completed"))
+        self.session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.session.close()
+        await self.nc.close()
+
+    async def once(self) -> float:
+        s, t = self.session, time.perf_counter()
+        async with s.post(f"{self.base}/api/v1/generate", json=self.body, headers=self.headers) as r:
+            task_id = (await r.json())["task_id"]
+        while (await self.done.next_msg(timeout=60)).subject != subjects.task_event(task_id, "completed"):
+            pass
+        while True:
+            async with s.get(f"{self.base}/api/v1/tasks/{task_id}", headers=self.headers) as r:
+                task = await r.json()
+            if task["status"] == "completed":
+                break
+            await asyncio.sleep(0.001)
+        async with s.get(task["result_url"]) as r:
+            await r.read()
+        return time.perf_counter() - t
+
+
+async def interleaved(direct, e2e: EndToEnd, runs: int, stack_pid: int):
+    """Alternate the two, so drift in the machine's speed hits both alike."""
+    d_wall, d_cpu, e_wall, e_cpu = [], [], [], []
+    direct(), await e2e.once()  # warm-up
+    for _ in range(runs):
+        wall, cpu = direct()
+        d_wall.append(wall)
+        d_cpu.append(cpu)
+        cpu0 = tree_cpu_seconds(stack_pid)
+        e_wall.append(await e2e.once())
+        e_cpu.append(tree_cpu_seconds(stack_pid) - cpu0)
+    return d_wall, d_cpu, e_wall, e_cpu
 
 
 def start_stack(tmp: Path) -> tuple[subprocess.Popen, str, str]:
@@ -131,13 +153,14 @@ def main() -> None:
                        check=True, capture_output=True, cwd=ROOT)
         config = load(None, {}, models=[{"name": "demo", "path": str(tmp / "demo")}],
                       data_dir=str(tmp / "data"))
-        d_wall, d_cpu = direct(config, body, args.runs)
+        direct = direct_runner(config, body)
         proc, base, nats_url = start_stack(tmp)
         try:
-            asyncio.run(e2e(base, nats_url, body, 2))  # warm-up
-            cpu0 = tree_cpu_seconds(proc.pid)
-            e_wall = asyncio.run(e2e(base, nats_url, body, args.runs))
-            e_cpu = (tree_cpu_seconds(proc.pid) - cpu0) / args.runs
+            async def measure():
+                async with EndToEnd(base, nats_url, body) as e2e:
+                    return await interleaved(direct, e2e, args.runs, proc.pid)
+
+            d_wall, d_cpu, e_wall, e_cpus = asyncio.run(measure())
         finally:
             proc.send_signal(signal.SIGINT)
             proc.wait(60)
@@ -145,7 +168,7 @@ def main() -> None:
         "request": body, "runs": args.runs, "cpus": os.cpu_count(),
         "direct": {"median_s": statistics.median(d_wall), "p95_s": p95(d_wall),
                    "cpu_s": statistics.median(d_cpu)},
-        "e2e": {"median_s": statistics.median(e_wall), "p95_s": p95(e_wall), "cpu_s": e_cpu},
+        "e2e": {"median_s": statistics.median(e_wall), "p95_s": p95(e_wall), "cpu_s": statistics.median(e_cpus)},
     }
     result["overhead_ms"] = 1000 * (result["e2e"]["median_s"] - result["direct"]["median_s"])
     result["ratio_direct_over_e2e"] = result["direct"]["median_s"] / result["e2e"]["median_s"]
