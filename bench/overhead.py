@@ -51,7 +51,8 @@ def direct_runner(config, body: dict):
     """A function that runs the request in-process once: (wall s, cpu s)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from schemas.jobs import Txt2Img
-    from services.gpu_worker import generate, images
+    from services import imaging
+    from services.gpu_worker import generate
     from services.gpu_worker.pipelines import ModelRegistry
 
     pipe = ModelRegistry(config).pipeline("demo")
@@ -61,7 +62,7 @@ def direct_runner(config, body: dict):
     def once() -> tuple[float, float]:
         t, c = time.perf_counter(), time.process_time()
         [img] = generate.run(pipe, spec, None)
-        images.encode(img, spec.output_format, images.infotext(spec, spec.seed))
+        imaging.encode(img, spec.output_format, imaging.infotext(spec, spec.seed))
         return time.perf_counter() - t, time.process_time() - c
 
     return once

@@ -28,6 +28,7 @@ SCHEDULERS = (
 class OutputFormat(StrEnum):
     PNG = "png"
     JPEG = "jpeg"
+    WEBP = "webp"
 
     @property
     def content_type(self) -> str:
@@ -36,6 +37,12 @@ class OutputFormat(StrEnum):
     @property
     def extension(self) -> str:
         return "jpg" if self is OutputFormat.JPEG else self.value
+
+
+class LoraRef(msgspec.Struct, frozen=True):
+    name: str  # file stem in the worker's LoRA folder
+    weight: float
+    sha256: str  # of the file, as the API saw it: recorded in the image's parameters
 
 
 class GenerationSpec(msgspec.Struct, kw_only=True, tag_field="kind"):
@@ -50,6 +57,8 @@ class GenerationSpec(msgspec.Struct, kw_only=True, tag_field="kind"):
     scheduler: str | None = None  # None: the model's own scheduler
     seed: int  # image i uses seed + i
     output_format: OutputFormat = OutputFormat.PNG
+    quality: int = 95  # JPEG and WebP
+    loras: list[LoraRef] = []
 
     @property
     def seeds(self) -> list[int]:
@@ -87,6 +96,7 @@ class Upscale(msgspec.Struct, kw_only=True, tag_field="kind", tag="upscale"):
     width: int  # output size: round(input size × scale)
     height: int
     output_format: OutputFormat = OutputFormat.PNG
+    quality: int = 95
 
 
 JobSpec = Txt2Img | Img2Img | Upscale

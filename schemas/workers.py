@@ -12,4 +12,5 @@ class WorkerAnnouncement(msgspec.Struct, kw_only=True):
     models_loaded: list[str]
     device: str
     at: float
+    loras: dict[str, str] = {}  # LoRA name -> sha256 of its file
     schema_version: int = SCHEMA_VERSION

@@ -35,6 +35,10 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(generate)
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo model into a folder")
     demo.add_argument("path")
+    demo.add_argument("--seed", type=int, default=0, help="another seed, another model")
+    demo_loras = commands.add_parser("demo-loras", help="build random LoRAs for a demo model into a folder")
+    demo_loras.add_argument("model")
+    demo_loras.add_argument("path")
     demo_upscalers = commands.add_parser("demo-upscalers", help="build tiny random-weight upscaler files into a folder")
     demo_upscalers.add_argument("path")
     return p
@@ -47,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo-model":
         from .gpu_worker import demo_model
 
-        print(demo_model.ensure(args.path))
+        print(demo_model.ensure(args.path, args.seed))
+        return 0
+    if args.command == "demo-loras":
+        from .gpu_worker import demo_model
+
+        print("\n".join(map(str, demo_model.build_loras(args.model, args.path))))
         return 0
     if args.command == "demo-upscalers":
         from .upscaler import demo_models

@@ -102,6 +102,9 @@ class WorkerConfig(_Section):
     ack_wait_s: Seconds = 30.0  # a job not heartbeated for this long goes to another worker
     max_deliver: Positive = 3  # attempts before a job ends failed
     announce_every_s: Seconds = 5.0
+    max_loaded_models: Positive = 2  # pipelines kept loaded; the least recently used goes first
+    max_loaded_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None  # and their weights' size
+    lora_dir: str | None = None  # LoRA files (.safetensors); default: data_dir/loras
 
 
 class ProgressConfig(_Section):
@@ -187,6 +190,10 @@ class Config(_Section):
     def api_key_file(self) -> Path:
         """The key `diffbus up` generates when config names none."""
         return self.data_path / "api-key"
+
+    @property
+    def lora_path(self) -> Path:
+        return Path(self.worker.lora_dir) if self.worker.lora_dir else self.data_path / "loras"
 
     @property
     def webhook_secret_file(self) -> Path:

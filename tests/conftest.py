@@ -32,6 +32,15 @@ def upscaler_models(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def loras(tmp_path_factory, demo_model):
+    """Random LoRAs for the demo model (peft and kohya formats, and one matching no layer)."""
+    path = tmp_path_factory.mktemp("loras")
+    subprocess.run([sys.executable, "-m", "services.cli", "demo-loras", str(demo_model), str(path)], check=True,
+                   capture_output=True)
+    return path
+
+
 def health(base_url: str) -> dict | None:
     try:
         with urllib.request.urlopen(f"{base_url}/health", timeout=2) as r:
@@ -46,9 +55,9 @@ def wait_ready(stack: Stack, timeout: float = 90) -> None:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, demo_model, upscaler_models):
+def stack(tmp_path_factory, demo_model, upscaler_models, loras):
     """One diffbus for the session: nats-server, projector, notifier, upscaler, one gpu worker, api."""
-    s = Stack(tmp_path_factory.mktemp("stack"), demo_model, upscaler_models).start_all()
+    s = Stack(tmp_path_factory.mktemp("stack"), demo_model, upscaler_models, loras).start_all()
     try:
         wait_ready(s)
         yield s

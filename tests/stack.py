@@ -19,7 +19,8 @@ WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
 class Stack:
-    def __init__(self, root: Path, demo_model: Path, upscalers: Path | None = None, **overrides):
+    def __init__(self, root: Path, demo_model: Path, upscalers: Path | None = None, loras: Path | None = None,
+                 **overrides):
         self.root = root
         self.nats_url = f"nats://127.0.0.1:{free_port()}"
         self.api_port = free_port()
@@ -32,7 +33,7 @@ class Stack:
                 {"key": ADMIN, "name": "ops", "admin": True}]},
             "limits": {"max_steps": 60},
             "models": [{"name": "demo", "path": str(demo_model), "width": 64, "height": 64}],
-            "worker": {"ack_wait_s": 3, "announce_every_s": 1},
+            "worker": {"ack_wait_s": 3, "announce_every_s": 1, **({"lora_dir": str(loras)} if loras else {})},
             "upscalers": [] if upscalers is None else [
                 {"name": "R-ESRGAN 4x+", "path": str(upscalers / "compact-x4.safetensors")},
                 {"name": "compact-pth", "path": str(upscalers / "compact-x4.pth")},

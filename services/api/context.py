@@ -7,6 +7,7 @@ from aiohttp import web
 from services.config import Config
 
 from .auth import Keyring, Principal
+from .prompts import LoraCatalog
 from .tasks import Tasks
 from .workers import WorkerDirectory
 
@@ -17,6 +18,7 @@ class ApiContext:
     keyring: Keyring
     tasks: Tasks
     workers: WorkerDirectory
+    loras: LoraCatalog
 
     def base_url(self, request: web.Request) -> str:
         """Where result URLs point: the configured public base, else the origin the client used."""

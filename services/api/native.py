@@ -1,5 +1,6 @@
 """The native dialect (seeds/sd_model_api.md): /api/v1/generate and /api/v1/tasks/{id}, X-API-Key."""
 
+import io
 import secrets
 from datetime import UTC, datetime
 
@@ -7,11 +8,14 @@ import msgspec
 from typing import Literal
 
 from aiohttp import web
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from schemas.jobs import LATENT_UPSCALER, SCHEDULERS, HiresFix, Img2Img, OutputFormat, Txt2Img, Upscale
 from schemas.events import TaskStatus, WebhookEvent
 from schemas.queries import TaskRecord
+
+from services import imaging
 
 from . import live, validation
 from .context import CTX
@@ -25,6 +29,11 @@ SEED_RANGE = 2**32
 # Fields bounded by a configured limit (services.config.Limits), beyond their static range.
 LIMITED = {"num_images": "max_images", "num_inference_steps": "max_steps", "hr_second_pass_steps": "max_steps",
            "guidance_scale": "max_guidance_scale"}
+
+
+class LoraRequest(BaseModel):
+    name: str = Field(min_length=1)
+    weight: float = Field(1.0, ge=-2, le=2)
 
 
 class TaskRequest(BaseModel):
@@ -42,7 +51,8 @@ class TaskRequest(BaseModel):
 
 
 class GenerateRequest(TaskRequest):
-    prompt: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)  # may hold <lora:name:weight> tags
+    model: str | None = None  # a configured model; default: default_model
     init_image: str | None = None  # data URI; present: img2img
     negative_prompt: str | None = None
     width: int | None = None  # txt2img only; img2img keeps the input's size
@@ -53,13 +63,22 @@ class GenerateRequest(TaskRequest):
     strength: float | None = Field(None, ge=0, le=1)  # img2img only
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     seed: int | None = Field(None, ge=-1, lt=SEED_RANGE)  # None or -1: random
-    output_format: Literal["png", "jpg", "jpeg"] = "png"
+    output_format: Literal["png", "jpg", "jpeg", "webp"] = "png"
+    output_quality: int = Field(95, ge=1, le=100)  # JPEG and WebP
+    loras: list[LoraRequest] = []
     # Hires fix (txt2img): generate, upscale by hr_scale, then an img2img pass at denoising_strength.
     enable_hr: bool = False
     hr_scale: float = Field(2.0, ge=1, le=4)
     hr_upscaler: str = LATENT_UPSCALER  # Latent, Lanczos, Nearest or a configured upscaler model
     hr_second_pass_steps: int = Field(0, ge=0)  # 0: num_inference_steps
     denoising_strength: float = Field(0.7, ge=0, le=1)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.context.model(value) is None:
+            raise ValueError(f"unknown model; one of {[m.name for m in info.context.models]}")
+        return value
 
     @field_validator("hr_upscaler")
     @classmethod
@@ -130,17 +149,20 @@ async def _submit(request: web.Request, spec, principal, req: TaskRequest) -> we
 
 
 def _output_format(value: str) -> OutputFormat:
-    return OutputFormat.PNG if value == "png" else OutputFormat.JPEG
+    return OutputFormat.JPEG if value == "jpg" else OutputFormat(value)
 
 
 async def generate(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     config = ctx.config
     principal, req = await _parse(request, GenerateRequest)
-    model = config.model(config.default_model)
+    model = config.model(req.model or config.default_model)
+    prompt, loras = await ctx.loras.resolve(req.prompt, [(lo.name, lo.weight) for lo in req.loras], model.name)
     common = dict(
         model=model.name,
-        prompt=req.prompt,
+        prompt=prompt,
+        loras=loras,
+        quality=req.output_quality,
         negative_prompt=req.negative_prompt or "",
         num_images=req.num_images,
         steps=req.num_inference_steps or config.defaults.steps,
@@ -186,7 +208,8 @@ class UpscaleRequest(TaskRequest):
     image: str  # data URI
     scale: float = Field(2.0, ge=1)
     upscaler: str = "Lanczos"
-    output_format: Literal["png", "jpg", "jpeg"] = "png"
+    output_format: Literal["png", "jpg", "jpeg", "webp"] = "png"
+    output_quality: int = Field(95, ge=1, le=100)
 
     @field_validator("upscaler")
     @classmethod
@@ -209,8 +232,36 @@ async def upscale(request: web.Request) -> web.Response:
     if max(width, height) > config.limits.max_upscale_side:
         raise invalid(["scale"], f"the result would be {width}x{height}, over {config.limits.max_upscale_side} a side")
     spec = Upscale(image=await ctx.tasks.store_input(image), scale=req.scale, upscaler=req.upscaler, width=width,
-                   height=height, output_format=_output_format(req.output_format))
+                   height=height, output_format=_output_format(req.output_format), quality=req.output_quality)
     return await _submit(request, spec, principal, req)
+
+
+class PngInfoRequest(BaseModel):
+    image: str  # data URI or base64
+
+
+async def png_info(request: web.Request) -> web.Response:
+    """POST /api/v1/png-info: the generation parameters an image carries."""
+    _principal(request)
+    config = request.app[CTX].config
+    req = await validation.parse(request, PngInfoRequest, config)
+    image = await validation.input_image(req.image, "image", config)
+    with Image.open(io.BytesIO(image.data)) as img:
+        text = imaging.read_parameters(img)
+        items = {k: v for k, v in img.info.items() if isinstance(v, str) and k != "parameters"}
+    return web.json_response({"info": text or "", "parameters": imaging.parse(text) if text else {},
+                              "items": items})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /api/v1/models: the configured models, and which live workers hold them loaded."""
+    ctx = request.app[CTX]
+    _principal(request)
+    live = ctx.workers.live()
+    return web.json_response({"default": ctx.config.default_model, "models": [
+        {"name": m.name, "loaded": any(m.name in w.models_loaded for w in live),
+         "workers": sum(m.name in w.models_served for w in live), "width": m.width, "height": m.height}
+        for m in ctx.config.models]})
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -247,6 +298,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
 def register(app: web.Application) -> None:
     app.router.add_post("/api/v1/generate", generate)
     app.router.add_post("/api/v1/upscale", upscale)
+    app.router.add_post("/api/v1/png-info", png_info)
+    app.router.add_get("/api/v1/models", list_models)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
     app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel_task)
     app.router.add_get("/api/v1/tasks/{task_id}/events", task_events)

@@ -11,6 +11,7 @@ from services.lifecycle import stop_event
 from .app import create_app
 from .auth import Keyring
 from .context import ApiContext
+from .prompts import LoraCatalog
 from .tasks import Tasks
 from .workers import WorkerDirectory
 
@@ -24,7 +25,8 @@ async def run(config: Config) -> None:
     await bus.ensure(js, config)
     workers = WorkerDirectory(js, stale_after_s=3 * config.worker.announce_every_s)
     await workers.start()
-    app = create_app(ApiContext(config=config, keyring=keyring, tasks=Tasks(config, nc), workers=workers))
+    app = create_app(ApiContext(config=config, keyring=keyring, tasks=Tasks(config, nc), workers=workers,
+                                loras=LoraCatalog(workers)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

@@ -76,6 +76,42 @@ def build(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def ensure(path: Path) -> Path:
+def ensure(path: Path, seed: int = 0) -> Path:
     path = Path(path)
-    return path if (path / "model_index.json").exists() else build(path)
+    return path if (path / "model_index.json").exists() else build(path, seed)
+
+
+def build_loras(model: Path, folder: Path) -> list[Path]:
+    """Random LoRAs for a demo model, in both file formats users have: `demo-style` (diffusers/peft
+    keys), `demo-kohya` (kohya/A1111 keys), and `demo-mismatch` (keys that match no layer)."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = StableDiffusionPipeline.from_pretrained(model)
+    torch.manual_seed(123)
+    kohya: dict[str, torch.Tensor] = {}
+    for name, module in pipe.unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.split(".")[-2:][0] in ("attn1", "attn2", "to_out"):
+            key = "lora_unet_" + name.replace(".", "_")
+            kohya[key + ".lora_down.weight"] = torch.randn(4, module.in_features) * 0.3
+            kohya[key + ".lora_up.weight"] = torch.randn(module.out_features, 4) * 0.3
+            kohya[key + ".alpha"] = torch.tensor(4.0)
+    save_file(kohya, folder / "demo-kohya.safetensors", metadata={"ss_network_module": "networks.lora"})
+    save_file({"lora_unet_no_such_layer.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_no_such_layer.lora_up.weight": torch.zeros(8, 4)}, folder / "demo-mismatch.safetensors")
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True,
+                                              weight_name="demo-style.safetensors")
+    return [folder / f"{name}.safetensors" for name in ("demo-style", "demo-kohya", "demo-mismatch")]

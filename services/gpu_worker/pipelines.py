@@ -1,6 +1,9 @@
-"""Model registry: which models this worker serves, where they live, and the loaded pipelines."""
+"""Model registry: which models this worker serves, where they live, and an LRU of loaded pipelines
+bounded by count and by the size of their weights."""
 
+import gc
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
 from services.config import DEMO_MODEL, Config, ModelConfig
@@ -29,7 +32,7 @@ class ModelRegistry:
             raise ValueError(f"worker.models names unknown models: {unknown}")
         self.served: list[ModelConfig] = [m for m in config.models if m.name in wanted]
         self.device = pick_device(config.worker.device)
-        self._loaded: dict[str, object] = {}
+        self._loaded: OrderedDict[str, object] = OrderedDict()  # least recently used first
 
     @property
     def loaded(self) -> list[str]:
@@ -43,10 +46,30 @@ class ModelRegistry:
 
     def pipeline(self, name: str):
         """The loaded text-to-image pipeline of `name` (blocking: call from the executor)."""
-        pipe = self._loaded.get(name)
-        if pipe is None:
-            pipe = self._loaded[name] = self._load(self._served(name))
+        if name in self._loaded:
+            self._loaded.move_to_end(name)
+            return self._loaded[name]
+        model = self._served(name)
+        self._make_room(for_new=True)
+        pipe = self._loaded[name] = self._load(model)
+        self._make_room(for_new=False)
         return pipe
+
+    def _make_room(self, for_new: bool) -> None:
+        """Evict the least recently used pipelines beyond the configured count and size."""
+        wcfg = self.config.worker
+        limit_bytes = None if wcfg.max_loaded_gb is None else wcfg.max_loaded_gb * 2**30
+        while self._loaded and (
+                len(self._loaded) + for_new > wcfg.max_loaded_models
+                or (not for_new and len(self._loaded) > 1 and limit_bytes is not None
+                    and sum(map(weight_bytes, self._loaded.values())) > limit_bytes)):
+            name, _ = self._loaded.popitem(last=False)
+            log.info("unloaded model %s (least recently used)", name)
+            gc.collect()
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
 
     def _served(self, name: str) -> ModelConfig:
         for model in self.served:
@@ -68,3 +91,8 @@ class ModelRegistry:
         pipe.to(self.device)
         log.info("loaded model %s from %s on %s (%s)", model.name, path, self.device, dtype)
         return pipe
+
+
+def weight_bytes(pipe) -> int:
+    return sum(p.numel() * p.element_size() for component in pipe.components.values()
+               if hasattr(component, "parameters") for p in component.parameters())

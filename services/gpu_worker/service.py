@@ -13,13 +13,14 @@ from schemas.events import ImageResult
 from schemas.jobs import LATENT_UPSCALER, Img2Img, Job, OutputFormat, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
-from services import bus
+from services import bus, imaging
 from services.config import Config
 from services.jobloop import Interrupted, JobError, JobWorker
 from services.lifecycle import stop_event
 from services.progress import StepReporter
 
-from . import generate, images
+from . import generate
+from .loras import LoraFolder
 from .pipelines import ModelRegistry
 
 log = logging.getLogger("diffbus.gpu_worker")
@@ -31,19 +32,21 @@ class GpuWorker(JobWorker):
     def __init__(self, config: Config, nc, registry: ModelRegistry):
         super().__init__(config, nc)
         self.registry = registry
+        self.loras = LoraFolder(config.lora_path)
 
     def queue_subjects(self) -> list[tuple[str, str]]:
         return [(subjects.generate_job(priority, model.name), subjects.gpu_durable(model.name, priority))
                 for priority in PRIORITY_ORDER for model in self.registry.served]
 
     async def prepare(self) -> None:
-        for model in self.registry.served:
+        for model in self.registry.served[:self.config.worker.max_loaded_models]:
             await self.loop.run_in_executor(self.executor, self.registry.pipeline, model.name)
 
     def announcement(self) -> WorkerAnnouncement:
         return WorkerAnnouncement(
             worker=self.id, kind=self.kind, models_served=[m.name for m in self.registry.served],
-            models_loaded=self.registry.loaded, device=self.registry.device, at=time.time())
+            models_loaded=self.registry.loaded, device=self.registry.device, at=time.time(),
+            loras=self.loras.files())
 
     def reporter(self, job: Job, stage: int, total_steps: int, attempt: int, size: tuple[int, int]) -> StepReporter:
         return StepReporter(job.task_id, total_steps, attempt, size, self.config.progress, self.publish_progress,
@@ -72,6 +75,10 @@ class GpuWorker(JobWorker):
 
         def run() -> list[Image.Image] | object:
             pipe = self.registry.pipeline(spec.model)
+            with self.loras.applied(pipe, spec.loras):
+                return generate_with(pipe)
+
+        def generate_with(pipe) -> list[Image.Image] | object:
             if job.stage_name == "refine":
                 refine = self.reporter(job, job.stage, generate.refine_steps(hires), attempt, final_size)
                 return generate.refine(pipe, spec, inputs, self.on_step(refine, cancel))
@@ -87,8 +94,8 @@ class GpuWorker(JobWorker):
         def work() -> list[bytes]:
             pictures = run()
             if not finishes:
-                return [images.encode(p, OutputFormat.PNG, "") for p in pictures]  # lossless, for the next stage
-            return [images.encode(p, spec.output_format, images.infotext(spec, seed))
+                return [imaging.encode(p, OutputFormat.PNG) for p in pictures]  # lossless, for the next stage
+            return [imaging.encode(p, spec.output_format, imaging.infotext(spec, seed), spec.quality)
                     for p, seed in zip(pictures, spec.seeds)]
 
         try:

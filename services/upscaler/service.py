@@ -13,7 +13,7 @@ from schemas.events import ImageResult
 from schemas.jobs import Job, OutputFormat, Upscale, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
-from services import bus
+from services import bus, imaging
 from services.config import Config
 from services.jobloop import Interrupted, JobError, JobWorker
 from services.lifecycle import stop_event
@@ -23,13 +23,6 @@ from .models import UnknownUpscaler, UpscalerRegistry
 from .upscale import Stopped, upscale
 
 log = logging.getLogger("diffbus.upscaler")
-
-
-def encode(image: Image.Image, fmt: OutputFormat) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG" if fmt is OutputFormat.PNG else "JPEG", **({} if fmt is OutputFormat.PNG
-                                                                              else {"quality": 95}))
-    return buf.getvalue()
 
 
 class UpscalerWorker(JobWorker):
@@ -50,9 +43,11 @@ class UpscalerWorker(JobWorker):
         spec = job.spec
         if isinstance(spec, Upscale):
             keys, upscaler, size, fmt = [spec.image], spec.upscaler, (spec.width, spec.height), spec.output_format
+            quality = spec.quality
         else:  # the middle stage of a hires fix
             hires = spec.hires
             keys, upscaler, size, fmt = job.inputs, hires.upscaler, (hires.width, hires.height), OutputFormat.PNG
+            quality = 100
         pictures = []
         for key in keys:
             data = await self.storage.get(key)
@@ -72,8 +67,8 @@ class UpscalerWorker(JobWorker):
                             stages=len(stages(spec)), span=stage_span(spec, job.stage)))
                     reporters[0].report(i * total + done - 1, total * len(pictures))
                     return self.stopping or cancel.is_set()
-                out.append(encode(upscale(picture, size, upscaler, self.registry, self.config.upscaler,
-                                          on_tile), fmt))
+                out.append(imaging.encode(upscale(picture, size, upscaler, self.registry, self.config.upscaler,
+                                                  on_tile), fmt, quality=quality))
             return out
 
         try:

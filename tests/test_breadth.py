@@ -1,0 +1,129 @@
+"""Generation breadth: output formats and their parameters, LoRA, several models."""
+
+import asyncio
+import base64
+import subprocess
+import sys
+
+import aiohttp
+import numpy as np
+import pytest
+
+from .conftest import Client, decode_image, wait_ready
+from .stack import Stack
+
+FAST = {"num_inference_steps": 3, "seed": 11}
+
+
+def data_uri(data: bytes, kind: str = "png") -> str:
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode()
+
+
+async def png_info(client, data: bytes, kind: str = "png") -> dict:
+    resp = await client.session.post(f"{client.base_url}/api/v1/png-info", json={"image": data_uri(data, kind)},
+                                     headers=client.headers())
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+@pytest.mark.parametrize("fmt, kind", [("png", "PNG"), ("webp", "WEBP"), ("jpg", "JPEG")])
+async def test_parameters_round_trip_through_png_info(client, fmt, kind):
+    _, [data] = await client.generate({"prompt": "a harbour, dawn", "negative_prompt": "people",
+                                       "output_format": fmt, "output_quality": 80,
+                                       "scheduler": "EulerDiscreteScheduler", **FAST})
+    assert decode_image(data).format == kind
+    info = await png_info(client, data, fmt.replace("jpg", "jpeg"))
+    params = info["parameters"]
+    assert params["Prompt"] == "a harbour, dawn" and params["Negative prompt"] == "people"
+    assert params["Seed"] == "11" and params["Steps"] == "3" and params["Size"] == "64x64"
+    assert params["Sampler"] == "EulerDiscreteScheduler" and params["Model"] == "demo"
+    assert info["info"].startswith("a harbour, dawn\nNegative prompt: people\n")
+
+
+async def wait_lora(client, name: str) -> None:
+    """Workers announce their LoRA files; the API accepts names it has heard of."""
+    for _ in range(50):
+        resp = await client.post_generate({"prompt": "x", "loras": [{"name": name, "weight": 0}], **FAST})
+        if resp.status == 200:
+            await client.wait((await resp.json())["task_id"])
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"LoRA {name} never announced")
+
+
+@pytest.mark.parametrize("lora", ["demo-style", "demo-kohya"])
+async def test_lora_changes_the_image_and_never_leaks(client, lora):
+    await wait_lora(client, lora)
+    body = {"prompt": "a red cat", **FAST}
+    _, [base] = await client.generate(body)
+    _, [zero] = await client.generate({**body, "loras": [{"name": lora, "weight": 0}]})
+    _, [full] = await client.generate({**body, "prompt": f"a red cat <lora:{lora}:1>"})
+    _, [after] = await client.generate(body)
+    assert zero == base or _max_diff(zero, base) <= 1
+    assert _max_diff(full, base) > 8
+    assert after == base
+    params = (await png_info(client, full))["parameters"]
+    assert params["Prompt"] == "a red cat" and params["Lora hashes"].startswith(f"{lora}: ")
+
+
+def _max_diff(a: bytes, b: bytes) -> int:
+    return int(np.abs(np.asarray(decode_image(a), dtype=int) - np.asarray(decode_image(b), dtype=int)).max())
+
+
+async def test_lora_matching_no_layer_fails_the_task_clearly(client):
+    for _ in range(50):
+        resp = await client.post_generate({"prompt": "x <lora:demo-mismatch:1>", **FAST})
+        if resp.status == 200:
+            break
+        await asyncio.sleep(0.2)
+    task = await client.wait((await resp.json())["task_id"])
+    assert task["status"] == "failed"
+    assert "matched no layer" in task["error_message"]
+    _, [png] = await client.generate({"prompt": "x", **FAST})  # the worker is fine after it
+    assert decode_image(png).size == (64, 64)
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"prompt": "x", "loras": [{"name": "nope", "weight": 1}]}, "loras"),
+    ({"prompt": "x", "loras": [{"name": "demo-style", "weight": 3}]}, "loras"),
+    ({"prompt": "x <lora:demo-style:abc>"}, "prompt"),
+    ({"prompt": "x", "model": "sdxl-turbo"}, "model"),
+    ({"prompt": "x", "output_quality": 0}, "output_quality"),
+])
+async def test_bad_lora_model_or_quality_is_422(client, body, field):
+    resp = await client.post_generate(body)
+    assert resp.status == 422
+    assert any(d["loc"][:2] == ["body", field] for d in (await resp.json())["detail"])
+
+
+@pytest.fixture(scope="module")
+def two_model_stack(tmp_path_factory, demo_model):
+    root = tmp_path_factory.mktemp("two-models")
+    other = root / "demo-b"
+    subprocess.run([sys.executable, "-m", "services.cli", "demo-model", str(other), "--seed", "1"], check=True,
+                   capture_output=True)
+    s = Stack(root, demo_model, models=[{"name": "demo", "path": str(demo_model), "width": 64, "height": 64},
+                                        {"name": "demo-b", "path": str(other), "width": 64, "height": 64}],
+              worker={"max_loaded_models": 1}).start_all()
+    try:
+        wait_ready(s)
+        yield s
+    finally:
+        s.close()
+
+
+async def test_each_model_draws_its_own_and_the_lru_keeps_one(two_model_stack):
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, two_model_stack.base_url)
+        _, [a] = await client.generate({"prompt": "x", "model": "demo", **FAST})
+        _, [b] = await client.generate({"prompt": "x", "model": "demo-b", **FAST})
+        assert a != b
+        for _ in range(50):  # the next announcement shows the swap
+            models = await (await session.get(f"{client.base_url}/api/v1/models", headers=client.headers())).json()
+            loaded = {m["name"]: m["loaded"] for m in models["models"]}
+            if loaded == {"demo": False, "demo-b": True}:
+                break
+            await asyncio.sleep(0.2)
+        assert loaded == {"demo": False, "demo-b": True}
+        _, [a_again] = await client.generate({"prompt": "x", "model": "demo", **FAST})
+        assert a_again == a
