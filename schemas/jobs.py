@@ -89,6 +89,38 @@ class Img2Img(GenerationSpec, tag="img2img"):
     strength: float
 
 
+class Outpaint(msgspec.Struct, frozen=True):
+    """Pixels added on each side of the input."""
+
+    left: int = 0
+    top: int = 0
+    right: int = 0
+    bottom: int = 0
+
+
+class InpaintFill(StrEnum):
+    """What the masked area starts from (A1111's inpainting_fill)."""
+
+    ORIGINAL = "original"
+    LATENT_NOISE = "latent_noise"  # pure noise: the input under the mask is ignored
+    LATENT_NOTHING = "latent_nothing"  # a flat grey: zeroed latents
+
+
+class Inpaint(GenerationSpec, tag="inpaint"):
+    """Repaint the white of `mask_image` (or, for outpaint, the added margins). width/height are the
+    output's: the input's size plus any outpaint margins."""
+
+    init_image: str  # storage key
+    mask_image: str | None = None  # storage key; None with outpaint
+    strength: float = 0.75
+    mask_blur: int = 4  # feathers the mask inwards: pixels outside it are never changed
+    inpainting_fill: InpaintFill = InpaintFill.ORIGINAL
+    inpaint_full_res: bool = False  # generate a crop around the mask at full size, paste it back
+    inpaint_full_res_padding: int = 32
+    invert_mask: bool = False
+    outpaint: Outpaint | None = None
+
+
 class Upscale(msgspec.Struct, kw_only=True, tag_field="kind", tag="upscale"):
     image: str  # storage key
     scale: float
@@ -99,7 +131,7 @@ class Upscale(msgspec.Struct, kw_only=True, tag_field="kind", tag="upscale"):
     quality: int = 95
 
 
-JobSpec = Txt2Img | Img2Img | Upscale
+JobSpec = Txt2Img | Img2Img | Inpaint | Upscale
 
 
 UPSCALE_QUEUE = "@upscale"  # the queue name of upscale tasks, beside model names
@@ -120,7 +152,7 @@ def stages(spec: JobSpec) -> list[Stage]:
     service and back. Weights make one progress fraction across all of them."""
     if isinstance(spec, Upscale):
         return [Stage("upscale", 1.0)]
-    base = Stage("generate", spec.steps if isinstance(spec, Txt2Img) else spec.steps * spec.strength)
+    base = Stage("generate", spec.steps * getattr(spec, "strength", 1.0))
     hires = getattr(spec, "hires", None)
     if hires is None:
         return [base]

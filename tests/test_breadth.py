@@ -127,3 +127,54 @@ async def test_each_model_draws_its_own_and_the_lru_keeps_one(two_model_stack):
         assert loaded == {"demo": False, "demo-b": True}
         _, [a_again] = await client.generate({"prompt": "x", "model": "demo", **FAST})
         assert a_again == a
+
+
+def pattern_png(width: int, height: int) -> bytes:
+    rng = np.random.default_rng(5)
+    pixels = (rng.integers(0, 255, (height, width, 3))).astype(np.uint8)
+    buf = __import__("io").BytesIO()
+    __import__("PIL.Image").Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def mask_png(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
+    from PIL import Image
+
+    mask = Image.new("L", (width, height), 0)
+    mask.paste(255, box)
+    buf = __import__("io").BytesIO()
+    mask.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("options", [{}, {"inpaint_full_res": True, "inpaint_full_res_padding": 8},
+                                     {"inpainting_fill": "latent_noise"}, {"inpainting_fill": "latent_nothing"}])
+async def test_inpaint_changes_only_the_masked_pixels(client, options):
+    init = pattern_png(72, 64)
+    box = (20, 16, 52, 44)
+    _, [png] = await client.generate({"prompt": "a window", "init_image": data_uri(init),
+                                      "mask_image": data_uri(mask_png(72, 64, box)), "mask_blur": 4,
+                                      "strength": 0.8, "num_inference_steps": 5, **options})
+    out = np.asarray(decode_image(png).convert("RGB"), dtype=int)
+    before = np.asarray(decode_image(init).convert("RGB"), dtype=int)
+    assert out.shape == before.shape
+    outside = np.ones(out.shape[:2], bool)
+    outside[box[1]:box[3], box[0]:box[2]] = False
+    assert np.abs(out - before)[outside].max() <= 1
+    assert np.abs(out - before)[~outside].mean() > 10
+
+
+async def test_outpaint_grows_the_canvas_by_exactly_the_margins(client):
+    init = pattern_png(64, 48)
+    _, [png] = await client.generate({"prompt": "a wide field", "init_image": data_uri(init), "strength": 1.0,
+                                      "outpaint": {"left": 16, "top": 0, "right": 12, "bottom": 20},
+                                      "num_inference_steps": 4})
+    out = np.asarray(decode_image(png).convert("RGB"), dtype=int)
+    assert out.shape[:2] == (48 + 20, 64 + 16 + 12)
+    original = out[0:48, 16:16 + 64]
+    assert np.abs(original - np.asarray(decode_image(init), dtype=int)).max() <= 1
+
+
+async def test_mask_without_init_image_is_422(client):
+    resp = await client.post_generate({"prompt": "x", "mask_image": data_uri(mask_png(64, 64, (0, 0, 8, 8)))})
+    assert resp.status == 422

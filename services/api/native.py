@@ -11,7 +11,18 @@ from aiohttp import web
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from schemas.jobs import LATENT_UPSCALER, SCHEDULERS, HiresFix, Img2Img, OutputFormat, Txt2Img, Upscale
+from schemas.jobs import (
+    LATENT_UPSCALER,
+    SCHEDULERS,
+    HiresFix,
+    Img2Img,
+    Inpaint,
+    InpaintFill,
+    OutputFormat,
+    Outpaint,
+    Txt2Img,
+    Upscale,
+)
 from schemas.events import TaskStatus, WebhookEvent
 from schemas.queries import TaskRecord
 
@@ -29,6 +40,13 @@ SEED_RANGE = 2**32
 # Fields bounded by a configured limit (services.config.Limits), beyond their static range.
 LIMITED = {"num_images": "max_images", "num_inference_steps": "max_steps", "hr_second_pass_steps": "max_steps",
            "guidance_scale": "max_guidance_scale"}
+
+
+class OutpaintRequest(BaseModel):
+    left: int = Field(0, ge=0, le=2048)
+    top: int = Field(0, ge=0, le=2048)
+    right: int = Field(0, ge=0, le=2048)
+    bottom: int = Field(0, ge=0, le=2048)
 
 
 class LoraRequest(BaseModel):
@@ -66,6 +84,14 @@ class GenerateRequest(TaskRequest):
     output_format: Literal["png", "jpg", "jpeg", "webp"] = "png"
     output_quality: int = Field(95, ge=1, le=100)  # JPEG and WebP
     loras: list[LoraRequest] = []
+    # Inpaint (init_image + mask_image, white = repaint) and outpaint (init_image + outpaint margins)
+    mask_image: str | None = None
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_fill: InpaintFill = InpaintFill.ORIGINAL
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = Field(32, ge=0, le=512)
+    invert_mask: bool = False
+    outpaint: OutpaintRequest | None = None
     # Hires fix (txt2img): generate, upscale by hr_scale, then an img2img pass at denoising_strength.
     enable_hr: bool = False
     hr_scale: float = Field(2.0, ge=1, le=4)
@@ -171,22 +197,37 @@ async def generate(request: web.Request) -> web.Response:
         seed=secrets.randbelow(SEED_RANGE) if req.seed in (None, -1) else req.seed,
         output_format=_output_format(req.output_format),
     )
+    inpainting = req.mask_image is not None or req.outpaint is not None
     if req.init_image is None:
+        if inpainting:
+            raise invalid(["init_image"], "inpaint (mask_image) and outpaint need init_image")
         width, height = req.width or model.width, req.height or model.height
         spec = Txt2Img(width=width, height=height, hires=hires_fix(req, width, height, common["steps"], config),
                        **common)
-    elif req.enable_hr:
+        return await _submit(request, spec, principal, req)
+    if req.enable_hr:
         raise invalid(["enable_hr"], "the hires fix is for txt2img; it cannot be used with init_image")
-    else:
-        image = await validation.input_image(req.init_image, "init_image", config)
-        width, height = image.width // 8 * 8, image.height // 8 * 8
-        if min(width, height) < config.limits.min_size:
-            raise invalid(["init_image"], f"image must be at least {config.limits.min_size} pixels a side")
-        strength = config.defaults.strength if req.strength is None else req.strength
-        if int(common["steps"] * strength) < 1:
-            raise invalid(["strength"], "strength × num_inference_steps must give at least one step")
-        key = await ctx.tasks.store_input(image)
-        spec = Img2Img(width=width, height=height, init_image=key, strength=strength, **common)
+    image = await validation.input_image(req.init_image, "init_image", config)
+    margins = req.outpaint or OutpaintRequest()
+    width, height = image.width + margins.left + margins.right, image.height + margins.top + margins.bottom
+    if min(width, height) < config.limits.min_size:
+        raise invalid(["init_image"], f"image must be at least {config.limits.min_size} pixels a side")
+    strength = config.defaults.strength if req.strength is None else req.strength
+    if int(common["steps"] * strength) < 1 and req.inpainting_fill != InpaintFill.LATENT_NOISE:
+        raise invalid(["strength"], "strength × num_inference_steps must give at least one step")
+    if not inpainting:
+        spec = Img2Img(width=image.width // 8 * 8, height=image.height // 8 * 8,
+                       init_image=await ctx.tasks.store_input(image), strength=strength, **common)
+        return await _submit(request, spec, principal, req)
+    mask = None if req.mask_image is None else await validation.input_image(req.mask_image, "mask_image", config)
+    if width > config.limits.max_width or height > config.limits.max_height:
+        raise invalid(["outpaint"], f"the canvas would be {width}x{height}, over the limit "
+                                    f"{config.limits.max_width}x{config.limits.max_height}")
+    spec = Inpaint(width=width, height=height, init_image=await ctx.tasks.store_input(image),
+                   mask_image=None if mask is None else await ctx.tasks.store_input(mask), strength=strength,
+                   mask_blur=req.mask_blur, inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,
+                   inpaint_full_res_padding=req.inpaint_full_res_padding, invert_mask=req.invert_mask,
+                   outpaint=None if req.outpaint is None else Outpaint(**req.outpaint.model_dump()), **common)
     return await _submit(request, spec, principal, req)
 
 

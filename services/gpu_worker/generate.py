@@ -4,7 +4,9 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from schemas.jobs import SCHEDULERS, HiresFix, Img2Img, JobSpec
+from schemas.jobs import SCHEDULERS, HiresFix, Img2Img, Inpaint, InpaintFill, JobSpec
+
+from . import inpaint as inpainting
 
 
 class GenerationError(Exception):
@@ -21,10 +23,9 @@ StepCallback = Callable[[int, int, object], bool]
 
 
 def total_steps(spec: JobSpec) -> int:
-    """Denoising steps the job runs: img2img skips the first (1 - strength) of the schedule."""
-    if isinstance(spec, Img2Img):
-        return min(spec.steps, int(spec.steps * spec.strength))
-    return spec.steps
+    """Denoising steps the job runs: img2img and inpaint skip the first (1 - strength) of the schedule."""
+    strength = inpaint_strength(spec) if isinstance(spec, Inpaint) else getattr(spec, "strength", 1.0)
+    return max(1, min(spec.steps, int(spec.steps * strength)))
 
 
 def scheduler_for(pipe, name: str | None):
@@ -41,13 +42,14 @@ def refine_steps(hires: HiresFix) -> int:
     return min(hires.steps, int(hires.steps * hires.denoising_strength))
 
 
-def _call(pipe, image_to_image: bool, spec: JobSpec, on_step: StepCallback, **kwargs):
-    """One diffusers call with a fresh scheduler, per-image CPU generators (the same seed gives the
-    same image on any device) and a step callback that may stop it."""
+def _call(pipe, task: str, spec: JobSpec, on_step: StepCallback, **kwargs):
+    """One diffusers call (`task`: txt2img, img2img or inpaint) with a fresh scheduler, per-image CPU
+    generators (the same seed gives the same image on any device) and a step callback that may stop it."""
     import torch
-    from diffusers import AutoPipelineForImage2Image, AutoPipelineForText2Image
+    from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, AutoPipelineForText2Image
 
-    view_class = AutoPipelineForImage2Image if image_to_image else AutoPipelineForText2Image
+    view_class = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
+                  "inpaint": AutoPipelineForInpainting}[task]
     view = view_class.from_pipe(pipe, scheduler=scheduler_for(pipe, spec.scheduler))
     view.set_progress_bar_config(disable=True)
     stopped = False
@@ -76,8 +78,27 @@ def run(pipe, spec: JobSpec, init_image: Image.Image | None, on_step: StepCallba
     if isinstance(spec, Img2Img):
         if init_image is None:
             raise GenerationError("img2img job without its init image")
-        return _call(pipe, True, spec, on_step, image=init_image.convert("RGB"), strength=spec.strength, **common)
-    return _call(pipe, False, spec, on_step, width=spec.width, height=spec.height, **common)
+        return _call(pipe, "img2img", spec, on_step, image=init_image.convert("RGB"), strength=spec.strength,
+                     **common)
+    return _call(pipe, "txt2img", spec, on_step, width=spec.width, height=spec.height, **common)
+
+
+def inpaint(pipe, spec: Inpaint, init_image: Image.Image, mask_image: Image.Image | None,
+            on_step: StepCallback = lambda *_: False) -> list[Image.Image]:
+    """Repaint the masked area (or the outpaint margins); every other pixel stays as it was."""
+    c = inpainting.canvas(spec, init_image, mask_image)
+    if c.mask.getbbox() is None:
+        raise GenerationError("the mask is empty: nothing to repaint")
+    size = inpainting.work_size(c)
+    image, mask = inpainting.region(c, size)
+    pictures = _call(pipe, "inpaint", spec, on_step, prompt=spec.prompt, num_images_per_prompt=spec.num_images,
+                     num_inference_steps=spec.steps, image=image, mask_image=mask, width=size[0], height=size[1],
+                     strength=inpaint_strength(spec))
+    return [inpainting.paste_back(c, picture) for picture in pictures]
+
+
+def inpaint_strength(spec: Inpaint) -> float:
+    return 1.0 if spec.inpainting_fill is InpaintFill.LATENT_NOISE else spec.strength
 
 
 def refine(pipe, spec: JobSpec, images, on_step: StepCallback = lambda *_: False) -> list[Image.Image]:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from schemas import subjects
 from schemas.events import ImageResult
-from schemas.jobs import LATENT_UPSCALER, Img2Img, Job, OutputFormat, stage_span, stages
+from schemas.jobs import LATENT_UPSCALER, Img2Img, Inpaint, Job, OutputFormat, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
 from services import bus, imaging
@@ -64,6 +64,9 @@ class GpuWorker(JobWorker):
         hires = getattr(spec, "hires", None)
         if job.stage_name == "refine":
             inputs = [await self.load_image(key) for key in job.inputs]
+        elif isinstance(spec, Inpaint):
+            inputs = (await self.load_image(spec.init_image),
+                      None if spec.mask_image is None else await self.load_image(spec.mask_image))
         elif isinstance(spec, Img2Img):
             inputs = await self.load_image(spec.init_image)
         else:
@@ -82,6 +85,8 @@ class GpuWorker(JobWorker):
             if job.stage_name == "refine":
                 refine = self.reporter(job, job.stage, generate.refine_steps(hires), attempt, final_size)
                 return generate.refine(pipe, spec, inputs, self.on_step(refine, cancel))
+            if isinstance(spec, Inpaint):
+                return generate.inpaint(pipe, spec, *inputs, self.on_step(base, cancel))
             if hires is None:
                 return generate.run(pipe, spec, inputs, self.on_step(base, cancel))
             if latent_hires:
