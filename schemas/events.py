@@ -69,6 +69,7 @@ class Started(TaskEvent, kw_only=True, tag="started"):
     attempt: int = 1
     stage: int = 0  # index into schemas.jobs.stages(spec)
     stage_name: str = "generate"
+    batch: list[str] = []  # with dynamic batching: every task in the same pipeline call
 
 
 class Completed(TaskEvent, kw_only=True, tag="completed"):

@@ -193,3 +193,12 @@ def job_subject(job: Job) -> str:
     if stages(job.spec)[job.stage].name == "upscale":
         return subjects.upscale_job(job.priority)
     return subjects.generate_job(job.priority, job.spec.model)
+
+
+def batch_key(job: Job) -> tuple | None:
+    """Jobs with equal keys can run as one pipeline call (dynamic batching); None: never batched."""
+    spec = job.spec
+    if not isinstance(spec, Txt2Img) or spec.hires is not None or job.stage != 0:
+        return None
+    return (spec.model, spec.width, spec.height, spec.steps, spec.scheduler, spec.guidance_scale,
+            tuple(spec.loras))

@@ -96,6 +96,14 @@ class NatsConfig(_Section):
     url: str = "nats://127.0.0.1:4222"
 
 
+class BatchingConfig(_Section):
+    """Dynamic batching: compatible waiting jobs run as one pipeline call."""
+
+    enabled: bool | None = None  # None: on with CUDA, off on the CPU (where it gains little)
+    max_images: Positive = 8  # images in one call
+    max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 20.0  # how long to wait for more jobs
+
+
 class WorkerConfig(_Section):
     models: list[str] = []  # models this worker serves; empty: every configured model
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -105,6 +113,7 @@ class WorkerConfig(_Section):
     max_loaded_models: Positive = 2  # pipelines kept loaded; the least recently used goes first
     max_loaded_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None  # and their weights' size
     lora_dir: str | None = None  # LoRA files (.safetensors); default: data_dir/loras
+    batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
 
 
 class ProgressConfig(_Section):

@@ -7,7 +7,9 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyNotFoundError
@@ -36,6 +38,15 @@ class Interrupted(Exception):
     """Work stopped between steps because the task was cancelled or the worker is stopping."""
 
 
+@dataclass
+class _Entry:
+    msg: object
+    job: Job
+    attempt: int
+    cancel: threading.Event
+    watch: object  # the subscription to the task's cancel requests
+
+
 class JobWorker:
     """Subclasses name their queues and do the work; this class settles every message."""
 
@@ -54,6 +65,8 @@ class JobWorker:
         self.queue_of: dict[str, int] = {}  # job subject -> index in queues
         self.ready: set[int] = set()  # queues believed to hold work
         self.subs: list = []  # core subscriptions
+        self.held: deque = deque()  # fetched while gathering a batch, run next (heartbeated meanwhile)
+        self.holding: dict[int, asyncio.Task] = {}  # id(msg) -> its heartbeat while held
 
     # --- what a subclass provides
     def queue_subjects(self) -> list[tuple[str, str]]:
@@ -71,6 +84,15 @@ class JobWorker:
         stage has been published."""
         raise NotImplementedError
 
+    async def gather(self, msg) -> list:
+        """The jobs to run together with `msg` (dynamic batching); others fetched meanwhile go to
+        self.held, to run next."""
+        return [msg]
+
+    async def work_batch(self, jobs: list[Job], attempts: list[int],
+                         cancels: list[threading.Event]) -> list[list[ImageResult]]:
+        raise NotImplementedError
+
     # --- the loop
     async def run(self, stop: asyncio.Event) -> None:
         self.loop = asyncio.get_running_loop()
@@ -83,16 +105,23 @@ class JobWorker:
         log.info("%s ready", self.id)
         try:
             while not self.stopping:
-                msg = await self._next_job()
+                msg = self.held.popleft() if self.held else await self._next_job()
                 if msg is None:
                     continue
+                msgs = await self.gather(msg)
+                for m in msgs:
+                    task = self.holding.pop(id(m), None)
+                    if task:
+                        task.cancel()
                 try:
-                    await self._handle(msg)
+                    await self._handle(msgs)
                 except Exception:  # noqa: BLE001 - e.g. NATS lost mid-job: unacked, it is redelivered
-                    log.exception("job %s not settled", msg.metadata.sequence.stream)
+                    log.exception("jobs %s not settled", [m.metadata.sequence.stream for m in msgs])
         finally:
-            for task in background:
+            for task in background + list(self.holding.values()):
                 task.cancel()
+            for msg in self.held:  # fetched, never started: straight back to the queue
+                await msg.nak()
             for sub in self.queues + self.subs:
                 await sub.unsubscribe()
             try:
@@ -151,69 +180,102 @@ class JobWorker:
             self.ready.discard(index)
         return msg
 
-    async def _handle(self, msg) -> None:
+    async def _handle(self, msgs: list) -> None:
+        """Run one job, or (dynamic batching) several compatible ones as one call, and settle each."""
+        entries: list[_Entry] = []
+        try:
+            for msg in msgs:
+                entry = await self._admit(msg)
+                if entry is not None:
+                    entries.append(entry)
+            if entries:
+                await self._run(entries)
+        finally:
+            for entry in entries:
+                await entry.watch.unsubscribe()
+
+    async def _admit(self, msg) -> "_Entry | None":
+        """Decode a job and watch for its cancellation; None when it is already settled here."""
         attempt = msg.metadata.num_delivered
         try:
             job = decode(msg.data, Job)
         except Exception as e:  # noqa: BLE001 - a message we cannot read can never succeed
             log.error("dropping undecodable job %s: %s", msg.metadata.sequence.stream, e)
             await msg.term()
-            return
+            return None
         if (attempt > 1 or job.stage > 0) and await self._finished(job.task_id):
             await msg.ack()
-            return
+            return None
         cancel = threading.Event()  # read by the work thread between steps
 
         async def on_cancel(_msg) -> None:
             cancel.set()
 
         watch = await self.nc.subscribe(subjects.task_event(job.task_id, CancelRequested.name()), cb=on_cancel)
-        try:
-            if await self._cancel_requested(job.task_id):  # asked before this worker subscribed
-                cancel.set()
-            await self._run(msg, job, attempt, cancel)
-        finally:
-            await watch.unsubscribe()
-
-    async def _run(self, msg, job: Job, attempt: int, cancel: threading.Event) -> None:
-        task_id = job.task_id
+        if await self._cancel_requested(job.task_id):  # asked before this worker subscribed
+            cancel.set()
         if cancel.is_set():  # a cancelled task never starts (or goes on to its next stage)
-            await self._cancelled(msg, task_id)
-            return
-        await bus.publish_event(self.js, Started(task_id=task_id, at=time.time(), worker=self.id, attempt=attempt,
-                                                 stage=job.stage, stage_name=job.stage_name), job.stage, attempt)
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
+            await watch.unsubscribe()
+            await self._cancelled(msg, job.task_id)
+            return None
+        return _Entry(msg, job, attempt, cancel, watch)
+
+    async def _run(self, entries: list["_Entry"]) -> None:
+        batch = [e.job.task_id for e in entries] if len(entries) > 1 else []
+        for e in entries:
+            await bus.publish_event(self.js, Started(
+                task_id=e.job.task_id, at=time.time(), worker=self.id, attempt=e.attempt, stage=e.job.stage,
+                stage_name=e.job.stage_name, batch=batch), e.job.stage, e.attempt)
+        heartbeats = [asyncio.create_task(self._keep_alive(e.msg)) for e in entries]
         started = time.perf_counter()
         try:
-            results = await self.work(job, attempt, cancel)
+            if len(entries) == 1:
+                e = entries[0]
+                outcomes = [await self.work(e.job, e.attempt, e.cancel)]
+            else:
+                outcomes = await self.work_batch([e.job for e in entries], [e.attempt for e in entries],
+                                                 [e.cancel for e in entries])
         except Interrupted:
-            if cancel.is_set():
-                await self._cancelled(msg, task_id)
-            else:
-                log.info("task %s interrupted by shutdown; handing it back", task_id)
-                await msg.nak()
-        except JobError as e:
-            await self._fail(msg, task_id, str(e))
-        except Exception as e:  # noqa: BLE001 - transient until max_deliver
-            log.exception("task %s attempt %d failed", task_id, attempt)
-            if attempt >= self.config.worker.max_deliver:
-                await self._fail(msg, task_id, f"failed after {attempt} attempts: {e}")
-            else:
-                await msg.nak(delay=2.0 ** attempt)
+            for e in entries:
+                if e.cancel.is_set():
+                    await self._cancelled(e.msg, e.job.task_id)
+                else:
+                    log.info("task %s interrupted by shutdown; handing it back", e.job.task_id)
+                    await e.msg.nak()
+        except JobError as error:
+            for e in entries:
+                await self._fail(e.msg, e.job.task_id, str(error))
+        except Exception as error:  # noqa: BLE001 - transient until max_deliver
+            log.exception("tasks %s failed", [e.job.task_id for e in entries])
+            for e in entries:
+                if e.attempt >= self.config.worker.max_deliver:
+                    await self._fail(e.msg, e.job.task_id, f"failed after {e.attempt} attempts: {error}")
+                else:
+                    await e.msg.nak(delay=2.0 ** e.attempt)
         else:
-            if results is not None:
-                await bus.publish_event(self.js, Completed(
-                    task_id=task_id, at=time.time(), worker=self.id, images=results,
-                    elapsed_s=time.perf_counter() - started))
-            await msg.ack_sync()
+            for e, results in zip(entries, outcomes):
+                if e.cancel.is_set() and batch:  # a batch is not stopped for one of its tasks
+                    await self._cancelled(e.msg, e.job.task_id)
+                    continue
+                if results is not None:
+                    await bus.publish_event(self.js, Completed(
+                        task_id=e.job.task_id, at=time.time(), worker=self.id, images=results,
+                        elapsed_s=time.perf_counter() - started))
+                await e.msg.ack_sync()
         finally:
-            heartbeat.cancel()
+            for heartbeat in heartbeats:
+                heartbeat.cancel()
 
     async def publish_next_stage(self, job: Job, inputs: list[str]) -> None:
         """Hand the task to the worker of its next stage (its queue depends on the stage)."""
         nxt = Job(task_id=job.task_id, spec=job.spec, priority=job.priority, stage=job.stage + 1, inputs=inputs)
         await self.js.publish(job_subject(nxt), encode(nxt),
                               headers={"Nats-Msg-Id": subjects.job_msg_id(job.task_id, nxt.stage)})
+
+    def hold(self, msg) -> None:
+        """Keep a fetched job for later: heartbeat it so it is not redelivered meanwhile."""
+        self.held.append(msg)
+        self.holding[id(msg)] = asyncio.create_task(self._keep_alive(msg))
 
     async def hand_on(self, job: Job, encoded: list[bytes]) -> None:
         """Store a stage's images and publish the task's next stage, which starts from them."""

@@ -2,12 +2,18 @@
 
 import asyncio
 import base64
+import io
 import subprocess
 import sys
 
 import aiohttp
+import nats
 import numpy as np
 import pytest
+from PIL import Image
+
+from schemas import subjects
+from schemas.codec import decode_event
 
 from .conftest import Client, decode_image, wait_ready
 from .stack import Stack
@@ -129,22 +135,21 @@ async def test_each_model_draws_its_own_and_the_lru_keeps_one(two_model_stack):
         assert a_again == a
 
 
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def pattern_png(width: int, height: int) -> bytes:
     rng = np.random.default_rng(5)
-    pixels = (rng.integers(0, 255, (height, width, 3))).astype(np.uint8)
-    buf = __import__("io").BytesIO()
-    __import__("PIL.Image").Image.fromarray(pixels).save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(Image.fromarray(rng.integers(0, 255, (height, width, 3)).astype(np.uint8)))
 
 
 def mask_png(width: int, height: int, box: tuple[int, int, int, int]) -> bytes:
-    from PIL import Image
-
     mask = Image.new("L", (width, height), 0)
     mask.paste(255, box)
-    buf = __import__("io").BytesIO()
-    mask.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(mask)
 
 
 @pytest.mark.parametrize("options", [{}, {"inpaint_full_res": True, "inpaint_full_res_padding": 8},
@@ -178,3 +183,45 @@ async def test_outpaint_grows_the_canvas_by_exactly_the_margins(client):
 async def test_mask_without_init_image_is_422(client):
     resp = await client.post_generate({"prompt": "x", "mask_image": data_uri(mask_png(64, 64, (0, 0, 8, 8)))})
     assert resp.status == 422
+
+
+async def test_one_image_of_a_batch_can_be_made_alone(client):
+    _, batch = await client.generate({"prompt": "a boat", "num_images": 3, "seed": 100, "num_inference_steps": 4})
+    _, [alone] = await client.generate({"prompt": "a boat", "seed": 102, "num_inference_steps": 4})
+    assert _max_diff(batch[2], alone) <= 1
+
+
+@pytest.fixture(scope="module")
+def batching_stack(tmp_path_factory, demo_model):
+    s = Stack(tmp_path_factory.mktemp("batching"), demo_model,
+              worker={"batching": {"enabled": True, "max_images": 8, "max_wait_ms": 200}}).start_all()
+    try:
+        wait_ready(s)
+        yield s
+    finally:
+        s.close()
+
+
+async def test_compatible_jobs_run_as_one_batch_with_the_same_images(batching_stack):
+    bodies = [{"prompt": f"a boat {i}", "seed": 10 + i, "num_inference_steps": 4,
+               **({"negative_prompt": "fog"} if i % 2 else {})} for i in range(4)]
+    nc = await nats.connect(batching_stack.nats_url)
+    try:
+        started = await nc.subscribe(subjects.task_event("*", "started"))
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, batching_stack.base_url)
+            alone = [(await client.generate(body))[1][0] for body in bodies]
+            busy = await client.submit({"prompt": "slow", "width": 128, "height": 128, "num_inference_steps": 30})
+            while decode_event((await started.next_msg(timeout=30)).data).task_id != busy:
+                pass
+            ids = [await client.submit(body) for body in bodies]
+            batched = [await client.download((await client.wait(task_id))["result_url"]) for task_id in ids]
+        events = {}
+        while len(events) < 4:
+            event = decode_event((await started.next_msg(timeout=10)).data)
+            if event.task_id in ids:
+                events[event.task_id] = event
+    finally:
+        await nc.close()
+    assert all(sorted(event.batch) == sorted(ids) for event in events.values())
+    assert all(_max_diff(a, b) <= 1 for a, b in zip(alone, batched))

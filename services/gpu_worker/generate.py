@@ -4,7 +4,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from schemas.jobs import SCHEDULERS, HiresFix, Img2Img, Inpaint, InpaintFill, JobSpec
+from schemas.jobs import SCHEDULERS, HiresFix, Img2Img, Inpaint, InpaintFill, JobSpec, Txt2Img
 
 from . import inpaint as inpainting
 
@@ -42,7 +42,7 @@ def refine_steps(hires: HiresFix) -> int:
     return min(hires.steps, int(hires.steps * hires.denoising_strength))
 
 
-def _call(pipe, task: str, spec: JobSpec, on_step: StepCallback, **kwargs):
+def _call(pipe, task: str, spec: JobSpec, on_step: StepCallback, seeds: list[int] | None = None, **kwargs):
     """One diffusers call (`task`: txt2img, img2img or inpaint) with a fresh scheduler, per-image CPU
     generators (the same seed gives the same image on any device) and a step callback that may stop it."""
     import torch
@@ -63,7 +63,7 @@ def _call(pipe, task: str, spec: JobSpec, on_step: StepCallback, **kwargs):
     kwargs.setdefault("negative_prompt", spec.negative_prompt or None)
     with torch.inference_mode():
         out = view(guidance_scale=spec.guidance_scale,
-                   generator=[torch.Generator("cpu").manual_seed(seed) for seed in spec.seeds],
+                   generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds or spec.seeds],
                    callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
     if stopped:
         raise Stopped()
@@ -101,13 +101,23 @@ def inpaint_strength(spec: Inpaint) -> float:
     return 1.0 if spec.inpainting_fill is InpaintFill.LATENT_NOISE else spec.strength
 
 
+def run_batch(pipe, specs: list[Txt2Img], on_step: StepCallback = lambda *_: False) -> list[Image.Image]:
+    """Several compatible txt2img specs (equal schemas.jobs.batch_key) as one call, images in order."""
+    first = specs[0]
+    prompts = [spec.prompt for spec in specs for _ in range(spec.num_images)]
+    negatives = [spec.negative_prompt for spec in specs for _ in range(spec.num_images)]
+    return _call(pipe, "txt2img", first, on_step, seeds=[seed for spec in specs for seed in spec.seeds],
+                 prompt=prompts, negative_prompt=negatives if any(negatives) else None, num_images_per_prompt=1,
+                 num_inference_steps=first.steps, width=first.width, height=first.height)
+
+
 def refine(pipe, spec: JobSpec, images, on_step: StepCallback = lambda *_: False) -> list[Image.Image]:
     """The hires fix's second pass: img2img over the upscaled images (PIL images or latents)."""
     hires = spec.hires
     if isinstance(images, list):
         images = [image.convert("RGB") for image in images]
     n = len(images)
-    return _call(pipe, True, spec, on_step, image=images, strength=hires.denoising_strength,
+    return _call(pipe, "img2img", spec, on_step, image=images, strength=hires.denoising_strength,
                  num_inference_steps=hires.steps, prompt=[spec.prompt] * n,
                  negative_prompt=[spec.negative_prompt] * n if spec.negative_prompt else None)
 

@@ -10,7 +10,8 @@ from PIL import Image
 
 from schemas import subjects
 from schemas.events import ImageResult
-from schemas.jobs import LATENT_UPSCALER, Img2Img, Inpaint, Job, OutputFormat, stage_span, stages
+from schemas.codec import decode
+from schemas.jobs import LATENT_UPSCALER, Img2Img, Inpaint, Job, OutputFormat, batch_key, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
 from services import bus, imaging
@@ -113,6 +114,70 @@ class GpuWorker(JobWorker):
             return await self.store_results(job, encoded, spec.seeds, final_size, spec.output_format)
         await self.hand_on(job, encoded)
         return None
+
+    @property
+    def batching(self) -> bool:
+        enabled = self.config.worker.batching.enabled
+        return self.registry.device.startswith("cuda") if enabled is None else enabled
+
+    async def gather(self, msg) -> list:
+        """With batching on, compatible jobs waiting behind `msg` in its queue join it."""
+        if not self.batching:
+            return [msg]
+        settings = self.config.worker.batching
+        try:
+            key, images = batch_key(first := decode(msg.data, Job)), first.spec.num_images
+        except Exception:  # noqa: BLE001 - the loop will deal with an unreadable job
+            return [msg]
+        if key is None or images >= settings.max_images:
+            return [msg]
+        try:
+            more = await self.queues[self.queue_of[msg.subject]].fetch(
+                settings.max_images - images, timeout=max(settings.max_wait_ms, 1) / 1000)
+        except TimeoutError:
+            return [msg]
+        batch = [msg]
+        for other in more:
+            try:
+                job = decode(other.data, Job)
+            except Exception:  # noqa: BLE001
+                job = None
+            if job is not None and batch_key(job) == key and images + job.spec.num_images <= settings.max_images:
+                batch.append(other)
+                images += job.spec.num_images
+            else:
+                self.hold(other)
+        return batch
+
+    async def work_batch(self, jobs: list[Job], attempts: list[int],
+                         cancels: list[threading.Event]) -> list[list[ImageResult]]:
+        specs = [job.spec for job in jobs]
+        offsets = [sum(spec.num_images for spec in specs[:i]) for i in range(len(specs) + 1)]
+        reporters = [self.reporter(job, 0, job.spec.steps, attempt, (job.spec.width, job.spec.height))
+                     for job, attempt in zip(jobs, attempts)]
+
+        def on_step(index: int, timesteps: int, latents) -> bool:
+            for reporter, start in zip(reporters, offsets):
+                reporter.step(index, timesteps, None if latents is None else latents[start:start + 1])
+            return self.stopping  # one task's cancel does not stop the others: it is dropped at the end
+
+        def run() -> list[bytes]:
+            pipe = self.registry.pipeline(specs[0].model)
+            with self.loras.applied(pipe, specs[0].loras):
+                pictures = generate.run_batch(pipe, specs, on_step)
+            seeds = [(spec, seed) for spec in specs for seed in spec.seeds]
+            return [imaging.encode(p, spec.output_format, imaging.infotext(spec, seed), spec.quality)
+                    for p, (spec, seed) in zip(pictures, seeds)]
+
+        try:
+            encoded = await self.loop.run_in_executor(self.executor, run)
+        except generate.Stopped:
+            raise Interrupted() from None
+        except generate.GenerationError as e:
+            raise JobError(str(e)) from None
+        return [await self.store_results(job, encoded[offsets[i]:offsets[i + 1]], job.spec.seeds,
+                                         (job.spec.width, job.spec.height), job.spec.output_format)
+                for i, job in enumerate(jobs)]
 
     async def load_image(self, key: str) -> Image.Image:
         data = await self.storage.get(key)
