@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo model into a folder")
     demo.add_argument("path")
     demo.add_argument("--seed", type=int, default=0, help="another seed, another model")
+    checkpoint = commands.add_parser("demo-checkpoint", help="write a demo model folder as one .safetensors checkpoint")
+    checkpoint.add_argument("model")
+    checkpoint.add_argument("path")
     demo_loras = commands.add_parser("demo-loras", help="build random LoRAs for a demo model into a folder")
     demo_loras.add_argument("model")
     demo_loras.add_argument("path")
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         from .gpu_worker import demo_model
 
         print(demo_model.ensure(args.path, args.seed))
+        return 0
+    if args.command == "demo-checkpoint":
+        from .gpu_worker import checkpoint
+
+        print(checkpoint.write(args.model, args.path))
         return 0
     if args.command == "demo-loras":
         from .gpu_worker import demo_model

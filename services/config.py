@@ -74,7 +74,9 @@ class Defaults(_Section):
 
 class ModelConfig(_Section):
     name: str
-    path: str | None = None  # diffusers folder; None only for the built-in `demo` model
+    path: str | None = None  # diffusers folder; None only for the built-in `demo` model or a checkpoint
+    checkpoint: str | None = None  # a single-file .safetensors checkpoint (A1111 / original layout) ...
+    config: str | None = None  # ... with a local diffusers folder of the same architecture for its configs
     width: Positive = 512  # default size when a request names none
     height: Positive = 512
     scheduler: str | None = None  # default scheduler class name; None: the model's own
@@ -172,8 +174,11 @@ class Config(_Section):
         if len(set(names)) != len(names):
             raise msgspec.ValidationError("model names must be unique - at `$.models`")
         for m in self.models:
-            if m.path is None and m.name != DEMO_MODEL:
-                raise msgspec.ValidationError(f"model {m.name!r} needs a path - at `$.models`")
+            if m.checkpoint is not None and (m.config is None or m.path is not None):
+                raise msgspec.ValidationError(
+                    f"model {m.name!r}: a checkpoint needs `config` (a local diffusers folder) and no `path` - at `$.models`")
+            if m.path is None and m.checkpoint is None and m.name != DEMO_MODEL:
+                raise msgspec.ValidationError(f"model {m.name!r} needs a path or a checkpoint - at `$.models`")
         reserved = {"Latent", "Lanczos", "Nearest"}
         upscaler_names = [u.name for u in self.upscalers]
         if reserved & set(upscaler_names) or len(set(upscaler_names)) != len(upscaler_names):
@@ -211,7 +216,7 @@ class Config(_Section):
 
     @property
     def uses_demo_model(self) -> bool:
-        return any(m.name == DEMO_MODEL and m.path is None for m in self.models)
+        return any(m.name == DEMO_MODEL and m.path is None and m.checkpoint is None for m in self.models)
 
     @property
     def api_keys(self) -> list[ApiKey]:

@@ -105,12 +105,14 @@ async def test_bad_lora_model_or_quality_is_422(client, body, field):
 @pytest.fixture(scope="module")
 def two_model_stack(tmp_path_factory, demo_model):
     root = tmp_path_factory.mktemp("two-models")
-    other = root / "demo-b"
-    subprocess.run([sys.executable, "-m", "services.cli", "demo-model", str(other), "--seed", "1"], check=True,
-                   capture_output=True)
-    s = Stack(root, demo_model, models=[{"name": "demo", "path": str(demo_model), "width": 64, "height": 64},
-                                        {"name": "demo-b", "path": str(other), "width": 64, "height": 64}],
-              worker={"max_loaded_models": 1}).start_all()
+    other, checkpoint = root / "demo-b", root / "demo.safetensors"
+    for command in (["demo-model", str(other), "--seed", "1"], ["demo-checkpoint", str(demo_model), str(checkpoint)]):
+        subprocess.run([sys.executable, "-m", "services.cli", *command], check=True, capture_output=True)
+    s = Stack(root, demo_model, models=[
+        {"name": "demo", "path": str(demo_model), "width": 64, "height": 64},
+        {"name": "demo-b", "path": str(other), "width": 64, "height": 64},
+        {"name": "demo-single", "checkpoint": str(checkpoint), "config": str(demo_model), "width": 64, "height": 64},
+    ], worker={"max_loaded_models": 1}).start_all()
     try:
         wait_ready(s)
         yield s
@@ -127,12 +129,20 @@ async def test_each_model_draws_its_own_and_the_lru_keeps_one(two_model_stack):
         for _ in range(50):  # the next announcement shows the swap
             models = await (await session.get(f"{client.base_url}/api/v1/models", headers=client.headers())).json()
             loaded = {m["name"]: m["loaded"] for m in models["models"]}
-            if loaded == {"demo": False, "demo-b": True}:
+            if loaded == {"demo": False, "demo-b": True, "demo-single": False}:
                 break
             await asyncio.sleep(0.2)
-        assert loaded == {"demo": False, "demo-b": True}
+        assert loaded == {"demo": False, "demo-b": True, "demo-single": False}
         _, [a_again] = await client.generate({"prompt": "x", "model": "demo", **FAST})
         assert a_again == a
+
+
+async def test_single_file_checkpoint_draws_what_its_folder_draws(two_model_stack):
+    async with aiohttp.ClientSession() as session:
+        client = Client(session, two_model_stack.base_url)
+        _, [folder] = await client.generate({"prompt": "a mill", "model": "demo", **FAST})
+        _, [single] = await client.generate({"prompt": "a mill", "model": "demo-single", **FAST})
+    assert _max_diff(folder, single) <= 1
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -39,6 +39,7 @@ class ModelRegistry:
         return list(self._loaded)
 
     def model_path(self, model: ModelConfig) -> Path:
+        """The diffusers folder of a folder model."""
         if model.path is not None:
             return Path(model.path)
         assert model.name == DEMO_MODEL
@@ -79,15 +80,20 @@ class ModelRegistry:
 
     def _load(self, model: ModelConfig):
         import torch
-        from diffusers import AutoPipelineForText2Image
+        from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
-
-        path = self.model_path(model)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        pipe = AutoPipelineForText2Image.from_pretrained(
-            path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        if model.checkpoint is not None:
+            path = Path(model.checkpoint)
+            pipe = StableDiffusionPipeline.from_single_file(
+                path, config=model.config, local_files_only=True, torch_dtype=dtype, safety_checker=None,
+                requires_safety_checker=False)
+        else:
+            path = self.model_path(model)
+            pipe = AutoPipelineForText2Image.from_pretrained(
+                path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
         pipe.to(self.device)
         log.info("loaded model %s from %s on %s (%s)", model.name, path, self.device, dtype)
         return pipe
