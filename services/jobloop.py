@@ -272,6 +272,15 @@ class JobWorker:
         await self.js.publish(job_subject(nxt), encode(nxt),
                               headers={"Nats-Msg-Id": subjects.job_msg_id(job.task_id, nxt.stage)})
 
+    async def execute(self, fn, stopped: tuple[type, ...] = (), failed: tuple[type, ...] = ()):
+        """Run blocking work in the executor: `stopped` errors mean Interrupted, `failed` ones JobError."""
+        try:
+            return await self.loop.run_in_executor(self.executor, fn)
+        except stopped:
+            raise Interrupted() from None
+        except failed as e:
+            raise JobError(str(e)) from None
+
     def hold(self, msg) -> None:
         """Keep a fetched job for later: heartbeat it so it is not redelivered meanwhile."""
         self.held.append(msg)

@@ -16,7 +16,7 @@ from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
 from services import bus, imaging
 from services.config import Config
-from services.jobloop import Interrupted, JobError, JobWorker
+from services.jobloop import JobError, JobWorker
 from services.lifecycle import stop_event
 from services.progress import StepReporter
 
@@ -25,6 +25,8 @@ from .loras import LoraFolder
 from .pipelines import ModelRegistry
 
 log = logging.getLogger("diffbus.gpu_worker")
+
+GENERATION_ERRORS = ((generate.Stopped,), (generate.GenerationError,))  # (stopped, failed) for execute()
 
 
 class GpuWorker(JobWorker):
@@ -104,12 +106,7 @@ class GpuWorker(JobWorker):
             return [imaging.encode(p, spec.output_format, imaging.infotext(spec, seed), spec.quality)
                     for p, seed in zip(pictures, spec.seeds)]
 
-        try:
-            encoded = await self.loop.run_in_executor(self.executor, work)
-        except generate.Stopped:
-            raise Interrupted() from None
-        except generate.GenerationError as e:
-            raise JobError(str(e)) from None
+        encoded = await self.execute(work, *GENERATION_ERRORS)
         if finishes:
             return await self.store_results(job, encoded, spec.seeds, final_size, spec.output_format)
         await self.hand_on(job, encoded)
@@ -169,12 +166,7 @@ class GpuWorker(JobWorker):
             return [imaging.encode(p, spec.output_format, imaging.infotext(spec, seed), spec.quality)
                     for p, (spec, seed) in zip(pictures, seeds)]
 
-        try:
-            encoded = await self.loop.run_in_executor(self.executor, run)
-        except generate.Stopped:
-            raise Interrupted() from None
-        except generate.GenerationError as e:
-            raise JobError(str(e)) from None
+        encoded = await self.execute(run, *GENERATION_ERRORS)
         return [await self.store_results(job, encoded[offsets[i]:offsets[i + 1]], job.spec.seeds,
                                          (job.spec.width, job.spec.height), job.spec.output_format)
                 for i, job in enumerate(jobs)]

@@ -13,7 +13,7 @@ log = logging.getLogger("diffbus.upscaler")
 RESAMPLING = {"Lanczos": Image.LANCZOS, "Nearest": Image.NEAREST}
 
 
-class UnknownUpscaler(KeyError):
+class UnknownUpscaler(ValueError):
     pass
 
 
@@ -48,7 +48,7 @@ class UpscalerRegistry:
         if name in self._loaded:
             return self._loaded[name]
         if name not in self.paths:
-            raise UnknownUpscaler(name)
+            raise UnknownUpscaler(f"no upscaler named {name!r} is configured on this worker")
         from .compat import import_spandrel
 
         spandrel = import_spandrel()

@@ -15,11 +15,11 @@ from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
 from services import bus, imaging
 from services.config import Config
-from services.jobloop import Interrupted, JobError, JobWorker
+from services.jobloop import JobError, JobWorker
 from services.lifecycle import stop_event
 from services.progress import StepReporter
 
-from .models import UnknownUpscaler, UpscalerRegistry
+from .models import UpscalerRegistry
 from .upscale import Stopped, upscale
 
 log = logging.getLogger("diffbus.upscaler")
@@ -71,12 +71,7 @@ class UpscalerWorker(JobWorker):
                                                   on_tile), fmt, quality=quality))
             return out
 
-        try:
-            encoded = await self.loop.run_in_executor(self.executor, run)
-        except Stopped:
-            raise Interrupted() from None
-        except (UnknownUpscaler, ValueError, OSError) as e:
-            raise JobError(f"upscaler {upscaler!r}: {e}") from None
+        encoded = await self.execute(run, (Stopped,), (ValueError, OSError))
         if job.last_stage:
             return await self.store_results(job, encoded, [0] * len(encoded), size, fmt)
         await self.hand_on(job, encoded)
