@@ -7,6 +7,7 @@ from PIL import Image
 from schemas.jobs import SCHEDULERS, HiresFix, Img2Img, Inpaint, InpaintFill, JobSpec, Txt2Img
 
 from . import inpaint as inpainting
+from . import prompts as prompts_syntax
 
 
 class GenerationError(Exception):
@@ -61,6 +62,7 @@ def _call(pipe, task: str, spec: JobSpec, on_step: StepCallback, seeds: list[int
         return tensors
 
     kwargs.setdefault("negative_prompt", spec.negative_prompt or None)
+    _use_own_prompt_encoding(pipe, kwargs)
     with torch.inference_mode():
         out = view(guidance_scale=spec.guidance_scale,
                    generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds or spec.seeds],
@@ -68,6 +70,17 @@ def _call(pipe, task: str, spec: JobSpec, on_step: StepCallback, seeds: list[int
     if stopped:
         raise Stopped()
     return out.images
+
+
+def _use_own_prompt_encoding(pipe, kwargs: dict) -> None:
+    """Weighted or long prompts become embeddings (A1111 syntax); plain ones stay text for diffusers."""
+    prompt, negative = kwargs["prompt"], kwargs["negative_prompt"]
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    negatives = negative if isinstance(negative, list) else [negative or ""] * len(prompts)
+    encoded = prompts_syntax.embeddings(pipe, prompts, negatives)
+    if encoded is not None:
+        del kwargs["prompt"], kwargs["negative_prompt"]
+        kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = encoded
 
 
 def run(pipe, spec: JobSpec, init_image: Image.Image | None, on_step: StepCallback = lambda *_: False,
