@@ -179,9 +179,13 @@ def _output_format(value: str) -> OutputFormat:
 
 
 async def generate(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    config = ctx.config
     principal, req = await _parse(request, GenerateRequest)
+    return await _submit(request, await build_spec(request.app[CTX], req), principal, req)
+
+
+async def build_spec(ctx, req: GenerateRequest):
+    """The JobSpec of a validated generate request: defaults filled in, seed chosen, images stored."""
+    config = ctx.config
     model = config.model(req.model or config.default_model)
     prompt, loras = await ctx.loras.resolve(req.prompt, [(lo.name, lo.weight) for lo in req.loras], model.name)
     common = dict(
@@ -202,9 +206,8 @@ async def generate(request: web.Request) -> web.Response:
         if inpainting:
             raise invalid(["init_image"], "inpaint (mask_image) and outpaint need init_image")
         width, height = req.width or model.width, req.height or model.height
-        spec = Txt2Img(width=width, height=height, hires=hires_fix(req, width, height, common["steps"], config),
+        return Txt2Img(width=width, height=height, hires=hires_fix(req, width, height, common["steps"], config),
                        **common)
-        return await _submit(request, spec, principal, req)
     if req.enable_hr:
         raise invalid(["enable_hr"], "the hires fix is for txt2img; it cannot be used with init_image")
     image = await validation.input_image(req.init_image, "init_image", config)
@@ -216,19 +219,17 @@ async def generate(request: web.Request) -> web.Response:
     if int(common["steps"] * strength) < 1 and req.inpainting_fill != InpaintFill.LATENT_NOISE:
         raise invalid(["strength"], "strength × num_inference_steps must give at least one step")
     if not inpainting:
-        spec = Img2Img(width=image.width // 8 * 8, height=image.height // 8 * 8,
+        return Img2Img(width=image.width // 8 * 8, height=image.height // 8 * 8,
                        init_image=await ctx.tasks.store_input(image), strength=strength, **common)
-        return await _submit(request, spec, principal, req)
     mask = None if req.mask_image is None else await validation.input_image(req.mask_image, "mask_image", config)
     if width > config.limits.max_width or height > config.limits.max_height:
         raise invalid(["outpaint"], f"the canvas would be {width}x{height}, over the limit "
                                     f"{config.limits.max_width}x{config.limits.max_height}")
-    spec = Inpaint(width=width, height=height, init_image=await ctx.tasks.store_input(image),
+    return Inpaint(width=width, height=height, init_image=await ctx.tasks.store_input(image),
                    mask_image=None if mask is None else await ctx.tasks.store_input(mask), strength=strength,
                    mask_blur=req.mask_blur, inpainting_fill=req.inpainting_fill, inpaint_full_res=req.inpaint_full_res,
                    inpaint_full_res_padding=req.inpaint_full_res_padding, invert_mask=req.invert_mask,
                    outpaint=None if req.outpaint is None else Outpaint(**req.outpaint.model_dump()), **common)
-    return await _submit(request, spec, principal, req)
 
 
 def hires_fix(req: GenerateRequest, width: int, height: int, steps: int, config) -> HiresFix | None:
