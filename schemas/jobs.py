@@ -22,6 +22,8 @@ SCHEDULERS = (
     "KDPM2DiscreteScheduler",
     "KDPM2AncestralDiscreteScheduler",
     "UniPCMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "LCMScheduler",
 )
 
 
@@ -55,6 +57,7 @@ class GenerationSpec(msgspec.Struct, kw_only=True, tag_field="kind"):
     steps: int
     guidance_scale: float
     scheduler: str | None = None  # None: the model's own scheduler
+    scheduler_options: dict[str, bool | str] = {}  # e.g. use_karras_sigmas, algorithm_type
     seed: int  # image i uses seed + i
     output_format: OutputFormat = OutputFormat.PNG
     quality: int = 95  # JPEG and WebP

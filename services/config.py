@@ -49,6 +49,7 @@ class ApiConfig(_Section):
     public_base_url: str | None = None  # base of result URLs; default: the request's own origin
     max_body_bytes: Positive = 32 * 1024 * 1024
     query_timeout_s: Seconds = 5.0
+    sync_timeout_s: Seconds = 600.0  # synchronous endpoints (A1111's txt2img) wait this long for a task
 
 
 class Limits(_Section):

@@ -285,6 +285,11 @@ class PngInfoRequest(BaseModel):
 async def png_info(request: web.Request) -> web.Response:
     """POST /api/v1/png-info: the generation parameters an image carries."""
     _principal(request)
+    return await png_info_body(request)
+
+
+async def png_info_body(request: web.Request) -> web.Response:
+    """{info, parameters, items} of the image in the request body (A1111's png-info shape)."""
     config = request.app[CTX].config
     req = await validation.parse(request, PngInfoRequest, config)
     image = await validation.input_image(req.image, "image", config)

@@ -29,14 +29,19 @@ def total_steps(spec: JobSpec) -> int:
     return max(1, min(spec.steps, int(spec.steps * strength)))
 
 
-def scheduler_for(pipe, name: str | None):
+def scheduler_for(pipe, name: str | None, options: dict | None = None):
+    """A fresh scheduler: the model's own or a named class, with options its constructor takes."""
+    import inspect
+
     import diffusers
 
-    if name is None:
-        return type(pipe.scheduler).from_config(pipe.scheduler.config)
-    if name not in SCHEDULERS:
+    if name is not None and name not in SCHEDULERS:
         raise GenerationError(f"unknown scheduler {name!r}")
-    return getattr(diffusers, name).from_config(pipe.scheduler.config)
+    cls = type(pipe.scheduler) if name is None else getattr(diffusers, name)
+    unknown = set(options or {}) - set(inspect.signature(cls.__init__).parameters)
+    if unknown:
+        raise GenerationError(f"{cls.__name__} does not take {sorted(unknown)}")
+    return cls.from_config(pipe.scheduler.config, **(options or {}))
 
 
 def refine_steps(hires: HiresFix) -> int:
@@ -51,7 +56,7 @@ def _call(pipe, task: str, spec: JobSpec, on_step: StepCallback, seeds: list[int
 
     view_class = {"txt2img": AutoPipelineForText2Image, "img2img": AutoPipelineForImage2Image,
                   "inpaint": AutoPipelineForInpainting}[task]
-    view = view_class.from_pipe(pipe, scheduler=scheduler_for(pipe, spec.scheduler))
+    view = view_class.from_pipe(pipe, scheduler=scheduler_for(pipe, spec.scheduler, spec.scheduler_options))
     view.set_progress_bar_config(disable=True)
     stopped = False
 

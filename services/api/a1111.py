@@ -1,0 +1,320 @@
+"""The AUTOMATIC1111 dialect (`/sdapi/v1/*`, seeds/a1111_style.md): synchronous txt2img/img2img,
+progress, interrupt, options, listings. Requests map onto the native JobSpec."""
+
+import base64
+import binascii
+import json
+import time
+import uuid
+
+import msgspec
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas import subjects
+from schemas.codec import decode_event
+from schemas.events import Cancelled, Completed, Failed, TaskStatus
+from services import imaging
+
+from . import native, samplers, validation
+from .auth import Principal
+from .context import CTX
+from .errors import RENDERERS, ApiError, invalid
+
+DIALECT = "a1111"
+PREFIX = "/sdapi/v1/"
+INPAINTING_FILL = {0: "original", 1: "original", 2: "latent_noise", 3: "latent_nothing"}  # 0 "fill": closest
+TERMINAL = (Completed.name(), Failed.name(), Cancelled.name())
+OPTIONS = web.AppKey("a1111_options", dict)  # owner -> options (sd_model_checkpoint per key)
+RUNNING = web.AppKey("a1111_running", dict)  # owner -> the task it submitted last
+
+
+def error_shape(status: int, detail) -> dict:
+    """A1111's error body: {error, detail, body, errors}; 404 stays {detail: "Not Found"}."""
+    if status == 404:
+        return {"detail": "Not Found"}
+    kind = {401: "HTTPException", 422: "RequestValidationError"}.get(status, "HTTPException")
+    errors = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in detail) \
+        if isinstance(detail, list) else str(detail)
+    return {"error": kind, "detail": detail, "body": "", "errors": errors}
+
+
+class A1111Request(BaseModel):
+    """Fields of A1111's StableDiffusionProcessingTxt2Img/Img2Img API models."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = []
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # deprecated alias of sampler_name
+    scheduler: str | None = None
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+    steps: int = Field(50, ge=1)
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    denoising_strength: float | None = Field(None, ge=0, le=1)
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    override_settings: dict = {}
+    send_images: bool = True
+    save_images: bool = False
+    force_task_id: str | None = None
+    task_id: str | None = None  # the seed document's extension
+    # txt2img
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    # img2img
+    init_images: list[str] = []
+    resize_mode: int = 0
+    mask: str | None = None
+    mask_blur: int = 4
+    inpainting_fill: int = Field(0, ge=0, le=3)
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 32
+    inpainting_mask_invert: int = 0
+    include_init_images: bool = False
+
+
+def principal(request: web.Request) -> Principal:
+    """X-API-Key, or HTTP Basic with the API key as the password (A1111's --api-auth clients)."""
+    ctx = request.app[CTX]
+    found = ctx.authenticate(request, ctx.config.api.key_header)
+    header = request.headers.get("Authorization", "")
+    if found is None and header.startswith("Basic "):
+        try:
+            _, _, password = base64.b64decode(header[6:]).decode().partition(":")
+            found = ctx.keyring.lookup(password)
+        except (binascii.Error, UnicodeDecodeError):
+            found = None
+    if found is None:
+        raise ApiError(401, "Not authenticated", headers={"WWW-Authenticate": "Basic"})
+    return found
+
+
+def _unsupported(req: A1111Request) -> None:
+    for field, value in (("restore_faces", req.restore_faces), ("tiling", req.tiling)):
+        if value:
+            raise invalid([field], f"{field} is not supported by diffbus")
+    if req.subseed_strength:
+        raise invalid(["subseed_strength"], "variation seeds (subseed) are not supported")
+    if req.styles:
+        raise invalid(["styles"], f"unknown styles {req.styles}: no styles are configured")
+
+
+def native_request(req: A1111Request, owner_options: dict, img2img: bool) -> dict:
+    """The same request in the native dialect's terms."""
+    model = req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint")
+    body = {
+        "prompt": req.prompt or " ", "negative_prompt": req.negative_prompt, "seed": req.seed,
+        "num_inference_steps": req.steps, "guidance_scale": req.cfg_scale, "width": req.width,
+        "height": req.height, "num_images": req.batch_size * req.n_iter, "model": model,
+    }
+    if img2img:
+        if not req.init_images:
+            raise invalid(["init_images"], "img2img needs init_images")
+        body.update(init_image=req.init_images[0], strength=0.75 if req.denoising_strength is None
+                    else req.denoising_strength)
+        if req.mask:
+            body.update(mask_image=req.mask, mask_blur=req.mask_blur,
+                        inpainting_fill=INPAINTING_FILL[req.inpainting_fill], inpaint_full_res=req.inpaint_full_res,
+                        inpaint_full_res_padding=req.inpaint_full_res_padding,
+                        invert_mask=bool(req.inpainting_mask_invert))
+    elif req.enable_hr:
+        scale = req.hr_scale
+        if req.hr_resize_x or req.hr_resize_y:
+            scale = max(req.hr_resize_x / req.width, req.hr_resize_y / req.height)
+        body.update(enable_hr=True, hr_scale=scale, hr_upscaler=req.hr_upscaler or "Latent",
+                    hr_second_pass_steps=req.hr_second_pass_steps,
+                    denoising_strength=0.7 if req.denoising_strength is None else req.denoising_strength)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+async def _generate(request: web.Request, img2img: bool) -> web.Response:
+    ctx = request.app[CTX]
+    who = principal(request)
+    raw = await validation.read_json(request)
+    try:
+        req = A1111Request.model_validate(raw)
+        _unsupported(req)
+        cls, options = samplers.resolve(req.sampler_name or req.sampler_index, req.scheduler)
+        native_req = native.GenerateRequest.model_validate(
+            native_request(req, request.app[OPTIONS].get(who.owner, {}), img2img), context=ctx.config)
+    except ValidationError as e:
+        raise ApiError(422, validation.detail(e)) from None
+    spec = await native.build_spec(ctx, native_req)
+    if cls is not None:
+        spec = msgspec.structs.replace(spec, scheduler=cls, scheduler_options=options)
+    task_id = req.force_task_id or req.task_id or uuid.uuid4().hex
+    if not subjects.is_valid_task_id(task_id):
+        raise invalid(["task_id"], "letters, digits, - and _ only, at most 64")
+    done = await ctx.tasks.nc.subscribe(subjects.task_event(task_id, "*"))
+    try:
+        await ctx.tasks.submit(spec, who, dialect=DIALECT, task_id=task_id)
+        request.app[RUNNING][who.owner] = task_id
+        while (event := decode_event((await done.next_msg(timeout=ctx.config.api.sync_timeout_s)).data)).name() \
+                not in TERMINAL:
+            pass
+    except TimeoutError:
+        raise ApiError(504, f"task {task_id} did not finish in {ctx.config.api.sync_timeout_s}s") from None
+    finally:
+        await done.unsubscribe()
+    if isinstance(event, Failed):
+        raise ApiError(500, event.error)
+    images = []
+    if isinstance(event, Completed) and req.send_images:
+        for image in event.images:
+            images.append(base64.b64encode(await ctx.tasks.storage.get(image.key) or b"").decode())
+    if img2img and req.include_init_images:
+        images += [i.split(",", 1)[-1] for i in req.init_images]
+    return web.json_response({"images": images, "parameters": raw, "info": json.dumps(info(spec, task_id))})
+
+
+def info(spec, task_id: str) -> dict:
+    seeds = spec.seeds
+    return {
+        "prompt": spec.prompt, "all_prompts": [spec.prompt] * len(seeds), "negative_prompt": spec.negative_prompt,
+        "all_negative_prompts": [spec.negative_prompt] * len(seeds), "seed": spec.seed, "all_seeds": seeds,
+        "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0, "width": spec.width,
+        "height": spec.height, "sampler_name": spec.scheduler or "default", "cfg_scale": spec.guidance_scale,
+        "steps": spec.steps, "batch_size": spec.num_images, "restore_faces": False, "sd_model_name": spec.model,
+        "denoising_strength": getattr(spec, "strength", None), "infotexts": [imaging.infotext(spec, s) for s in seeds],
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1, "task_id": task_id,
+    }
+
+
+async def txt2img(request: web.Request) -> web.Response:
+    return await _generate(request, img2img=False)
+
+
+async def img2img(request: web.Request) -> web.Response:
+    return await _generate(request, img2img=True)
+
+
+async def progress(request: web.Request) -> web.Response:
+    """GET /sdapi/v1/progress[?task_id=]: that task, or the calling key's latest one."""
+    ctx = request.app[CTX]
+    who = principal(request)
+    task_id = request.query.get("task_id") or request.app[RUNNING].get(who.owner)
+    empty = {"progress": 0.0, "eta_relative": 0.0, "state": {"skipped": False, "interrupted": False, "job": "",
+             "job_count": 0, "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0},
+             "current_image": None, "textinfo": None}
+    if not task_id:
+        return web.json_response(empty)
+    record = await ctx.tasks.get(task_id, who)
+    last = await ctx.tasks.last_progress(task_id)
+    state = {**empty["state"], "job": task_id, "job_count": 1, "task_id": task_id,
+             "interrupted": record.status is TaskStatus.CANCELLED}
+    body = {**empty, "state": state}
+    if record.status is TaskStatus.COMPLETED:
+        body["progress"] = 1.0
+    elif last is not None and record.status is TaskStatus.PROCESSING:
+        body.update(progress=last.fraction, eta_relative=last.eta_s or 0.0)
+        state.update(sampling_step=last.step, sampling_steps=last.total_steps)
+        if request.query.get("skip_current_image", "false").lower() != "true":
+            body["current_image"] = last.preview
+    return web.json_response(body)
+
+
+async def interrupt(request: web.Request) -> web.Response:
+    """POST /sdapi/v1/interrupt (and /skip): stops the calling key's running task (or ?task_id=)."""
+    ctx = request.app[CTX]
+    who = principal(request)
+    task_id = request.query.get("task_id") or request.app[RUNNING].get(who.owner)
+    if task_id:
+        try:
+            await ctx.tasks.cancel(task_id, who)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+    return web.json_response(None)
+
+
+async def options(request: web.Request) -> web.Response:
+    """GET/POST /sdapi/v1/options: per key; sd_model_checkpoint is that key's default model."""
+    ctx = request.app[CTX]
+    who = principal(request)
+    stored = request.app[OPTIONS].setdefault(who.owner, {"sd_model_checkpoint": ctx.config.default_model})
+    if request.method == "POST":
+        body = await validation.read_json(request)
+        if not isinstance(body, dict):
+            raise invalid([], "expected an object of options")
+        model = body.get("sd_model_checkpoint")
+        if model is not None and ctx.config.model(model) is None:
+            raise invalid(["sd_model_checkpoint"], f"unknown model {model!r}")
+        stored.update(body)
+        return web.json_response(None)
+    return web.json_response(stored)
+
+
+async def sd_models(request: web.Request) -> web.Response:
+    principal(request)
+    return web.json_response([
+        {"title": m.name, "model_name": m.name, "hash": None, "sha256": None,
+         "filename": m.checkpoint or m.path or m.name, "config": m.config}
+        for m in request.app[CTX].config.models])
+
+
+async def sampler_list(request: web.Request) -> web.Response:
+    principal(request)
+    return web.json_response(samplers.listing())
+
+
+async def schedule_list(request: web.Request) -> web.Response:
+    principal(request)
+    return web.json_response([{"name": n.lower().replace(" ", "_"), "label": n, "aliases": None,
+                               "default_rho": None, "need_inner_model": False}
+                              for n in samplers.SCHEDULE_TYPES])
+
+
+async def upscaler_list(request: web.Request) -> web.Response:
+    principal(request)
+    config = request.app[CTX].config
+    paths = {u.name: u.path for u in config.upscalers}
+    return web.json_response([{"name": n, "model_name": n if n in paths else None, "model_path": paths.get(n),
+                               "model_url": None, "scale": 4 if n in paths else None}
+                              for n in config.upscaler_names])
+
+
+async def lora_list(request: web.Request) -> web.Response:
+    principal(request)
+    ctx = request.app[CTX]
+    files = ctx.loras.available(ctx.config.default_model)
+    return web.json_response([{"name": n, "alias": n, "path": n, "metadata": {"sha256": h}}
+                              for n, h in sorted(files.items())])
+
+
+async def refresh(request: web.Request) -> web.Response:
+    principal(request)
+    return web.json_response(None)
+
+
+async def png_info(request: web.Request) -> web.Response:
+    """POST /sdapi/v1/png-info {image}: {info, items, parameters}."""
+    principal(request)
+    return await native.png_info_body(request)
+
+
+def register(app: web.Application) -> None:
+    app[OPTIONS] = {}
+    app[RUNNING] = {}
+    app[RENDERERS].append((PREFIX, error_shape))
+    for path, handler in (("txt2img", txt2img), ("img2img", img2img), ("interrupt", interrupt),
+                          ("skip", interrupt), ("refresh-checkpoints", refresh), ("refresh-loras", refresh),
+                          ("png-info", png_info), ("options", options)):
+        app.router.add_post(PREFIX + path, handler)
+    for path, handler in (("progress", progress), ("options", options), ("sd-models", sd_models),
+                          ("samplers", sampler_list), ("schedulers", schedule_list), ("upscalers", upscaler_list),
+                          ("loras", lora_list)):
+        app.router.add_get(PREFIX + path, handler)
+

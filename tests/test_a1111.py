@@ -1,0 +1,128 @@
+"""The AUTOMATIC1111 dialect, driven as A1111 clients drive it (requests shaped like a1111_style.md)."""
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from .conftest import decode_image
+from .stack import ALICE, BOB
+
+SEED_NEGATIVE = ("deleted, old, oldest, ((censored)), ((bad aesthetic)), (muli view),(fused fingers:1.61051), "
+                 "(too many fingers:1.61051), (unclear eyes:1.331), (underexposed, overexposed, low contrast, "
+                 "greyscale, monochrome:1.2), (out of frame, cut off, cropped), ((3d, toon \\(style\\), sketch, "
+                 "cartoonized)), (lowres, worst quality, low quality, normal quality, jpep artifacts, blurry vision, "
+                 "blurry, watermark, signature, bad art, beginner, amateur, draft, grainy, text, title, logo, error, "
+                 "toon \\(style\\):1.3), badhandsv5-neg, badhandv4, EasyNegative, (low quality, worst quality:1.5),\n"
+                 "deformed, bad anatomy, lowres, monochrome, grayscale,ugly face, inaccurate limb, bad hands")
+INFO_FIELDS = {"prompt", "negative_prompt", "seed", "all_seeds", "subseed", "width", "height", "sampler_name",
+               "cfg_scale", "steps", "batch_size", "sd_model_name", "infotexts", "job_timestamp"}
+
+
+async def post(client, path: str, body: dict, key: str = ALICE, basic: bool = False):
+    headers = ({"Authorization": "Basic " + base64.b64encode(f"user:{key}".encode()).decode()} if basic
+               else {"X-API-Key": key})
+    resp = await client.session.post(f"{client.base_url}/sdapi/v1/{path}", json=body, headers=headers)
+    return resp.status, await resp.json()
+
+
+async def get(client, path: str, key: str = ALICE):
+    resp = await client.session.get(f"{client.base_url}/sdapi/v1/{path}", headers={"X-API-Key": key})
+    return resp.status, await resp.json()
+
+
+async def test_txt2img_as_the_seed_sends_it(client):
+    body = {"width": 64, "height": 64, "batch_size": 1, "prompt": "a lighthouse, ((best quality))",
+            "negative_prompt": SEED_NEGATIVE, "steps": 4, "seed": -1, "enable_hr": False,
+            "hr_upscaler": "ESRGAN_4x", "task_id": ""}
+    status, answer = await post(client, "txt2img", body, basic=True)
+    assert status == 200, answer
+    assert set(answer) == {"images", "parameters", "info"} and answer["parameters"] == body
+    [image] = answer["images"]
+    assert decode_image(base64.b64decode(image)).size == (64, 64)
+    info = json.loads(answer["info"])
+    assert INFO_FIELDS <= set(info) and info["negative_prompt"] == SEED_NEGATIVE
+    assert info["all_seeds"] == [info["seed"]] and info["seed"] >= 0
+
+
+async def test_batch_size_2_by_n_iter_2_gives_4_images_with_consecutive_seeds(client):
+    status, answer = await post(client, "txt2img", {"prompt": "x", "width": 64, "height": 64, "steps": 2,
+                                                    "batch_size": 2, "n_iter": 2, "seed": 40,
+                                                    "sampler_name": "DPM++ 2M Karras"})
+    assert status == 200, answer
+    assert len(answer["images"]) == 4
+    assert json.loads(answer["info"])["all_seeds"] == [40, 41, 42, 43]
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M",
+                                     "DPM++ 2M SDE", "DPM++ 2S a", "DPM++ SDE", "DDIM", "PLMS", "UniPC", "LCM"])
+async def test_every_sampler_name_runs(client, sampler):
+    status, answer = await post(client, "txt2img", {"prompt": "x", "width": 64, "height": 64, "steps": 3,
+                                                    "sampler_name": sampler, "seed": 1})
+    assert status == 200, answer
+    assert len(answer["images"]) == 1
+
+
+async def test_img2img_with_mask(client):
+    from .test_breadth import data_uri, mask_png, pattern_png
+
+    status, answer = await post(client, "img2img", {
+        "prompt": "x", "init_images": [data_uri(pattern_png(64, 64))], "mask": data_uri(mask_png(64, 64, (8, 8, 40, 40))),
+        "denoising_strength": 0.8, "steps": 4, "inpainting_fill": 1, "include_init_images": True})
+    assert status == 200, answer
+    assert len(answer["images"]) == 2 and decode_image(base64.b64decode(answer["images"][0])).size == (64, 64)
+
+
+@pytest.mark.parametrize("body, field", [({"prompt": "x", "restore_faces": True}, "restore_faces"),
+                                         ({"prompt": "x", "tiling": True}, "tiling"),
+                                         ({"prompt": "x", "sampler_name": "DPM fast"}, "sampler_name"),
+                                         ({"prompt": "x", "sampler_name": "Warp Drive"}, "sampler_name"),
+                                         ({"prompt": "x", "steps": 0}, "steps")])
+async def test_unsupported_or_invalid_is_422_in_a1111_shape(client, body, field):
+    status, answer = await post(client, "txt2img", body)
+    assert status == 422
+    assert answer["error"] == "RequestValidationError" and "body" in answer and field in answer["errors"]
+
+
+async def test_auth_and_not_found_shapes(client):
+    resp = await client.session.post(f"{client.base_url}/sdapi/v1/txt2img", json={"prompt": "x"})
+    assert resp.status == 401 and (await resp.json())["error"] == "HTTPException"
+    status, answer = await get(client, "progress?task_id=nonexistent")
+    assert status == 404 and answer == {"detail": "Not Found"}
+
+
+async def test_options_are_per_key(client):
+    assert (await post(client, "options", {"sd_model_checkpoint": "nope"}))[0] == 422
+    assert (await post(client, "options", {"sd_model_checkpoint": "demo", "CLIP_stop_at_last_layers": 2}))[0] == 200
+    assert (await get(client, "options"))[1]["CLIP_stop_at_last_layers"] == 2
+    assert "CLIP_stop_at_last_layers" not in (await get(client, "options", key=BOB))[1]
+
+
+async def test_listings(client):
+    names = lambda items, key: {item[key] for item in items}  # noqa: E731
+    assert "demo" in names((await get(client, "sd-models"))[1], "model_name")
+    assert {"Euler a", "DPM++ 2M", "UniPC"} <= names((await get(client, "samplers"))[1], "name")
+    assert {"Karras", "Exponential"} <= names((await get(client, "schedulers"))[1], "label")
+    assert {"Lanczos", "Nearest", "ESRGAN_4x"} <= names((await get(client, "upscalers"))[1], "name")
+    for path in ("refresh-checkpoints", "refresh-loras"):
+        assert (await post(client, path, {}))[0] == 200
+
+
+async def test_progress_is_per_key_and_interrupt_stops_only_the_callers_task(client):
+    body = {"prompt": "slow", "width": 128, "height": 128, "steps": 60, "task_id": "a1111-slow-1"}
+    running = asyncio.create_task(post(client, "txt2img", body))
+    for _ in range(100):
+        status, answer = await get(client, "progress?task_id=a1111-slow-1")
+        if status == 200 and answer["state"]["sampling_step"] > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert 0 < answer["progress"] < 1 and answer["state"]["sampling_steps"] == 60
+    assert answer["current_image"] is None or base64.b64decode(answer["current_image"])
+    assert (await get(client, "progress?task_id=a1111-slow-1", key=BOB))[0] == 404
+    assert (await post(client, "interrupt", {}, key=BOB))[0] == 200  # bob has nothing running
+    assert (await get(client, "progress?task_id=a1111-slow-1"))[1]["state"]["interrupted"] is False
+    assert (await post(client, "interrupt", {}))[0] == 200
+    status, answer = await running
+    assert status == 200 and answer["images"] == []
+    assert (await get(client, "progress?task_id=a1111-slow-1"))[1]["state"]["interrupted"] is True
