@@ -16,6 +16,9 @@ SEED_NEGATIVE = ("deleted, old, oldest, ((censored)), ((bad aesthetic)), (muli v
                  "blurry, watermark, signature, bad art, beginner, amateur, draft, grainy, text, title, logo, error, "
                  "toon \\(style\\):1.3), badhandsv5-neg, badhandv4, EasyNegative, (low quality, worst quality:1.5),\n"
                  "deformed, bad anatomy, lowres, monochrome, grayscale,ugly face, inaccurate limb, bad hands")
+# The seed document's txt2img request, verbatim (its negative prompt is several hundred tokens long).
+SEED_REQUEST = {"width": 512, "height": 512, "batch_size": 1, "prompt": "", "negative_prompt": 'deleted, old, oldest, ((censored)), ((bad aesthetic)), (muli view),(fused fingers:1.61051), (too many fingers:1.61051), (unclear eyes:1.331), (underexposed, overexposed, low contrast, greyscale, monochrome:1.2), (out of frame, cut off, cropped), (cloning, clones, same face, multiple girls), ((3d, toon \\(style\\), sketch, cartoonized)), (male face, obesity, fat,giantess, giant, dwarf), (lowres, worst quality, low quality, normal quality, jpep artifacts, blurry vision, blurry, watermark, signature, bad art, beginner, amateur, draft, grainy, text, title, logo, error, toon \\(style\\):1.3), ((bad anatomy, bad proportions, deformed, bad perspective, forced perspective), bad hands, poorly drawn hands, mutated hand, bad feet, bad leg, poorly drawn feet, extra arms, missing limbs, missing arms,bad arm, missing fingers, extra fingers, wrong fingers, twisted fingers,blurred fingers, extra digit, fewer digits, extra limbs, extra legs, leg disfigured, poorly drawn face, distorted face, strabismus, ugly, ugly man, ugly face, scar on face, face defect, facial tattoo, crescent facial mark, facial mark, mask, veil, faceless:1.5), (nsfw, large breasts, huge breasts, looking back, nude, nake breasts, direct lighting, lens flare, colorful background, warm colors, strong color, high color saturation, colorful:1.2), badhandsv5-neg, badhandv4, EasyNegative, easynegative, ng_deepnegative_v1_75t, verybadimagenegative_v1.3, painting, sketches, (low quality, worst quality:1.5),\ndeformed, bad anatomy, lowres, monochrome, grayscale,ugly face, inaccurate limb, bad hands, mutated hands,mutated legs, missing fingers, extra fingers',
+                "steps": 30, "seed": -1, "enable_hr": False, "hr_upscaler": "ESRGAN_4x", "task_id": ""}
 INFO_FIELDS = {"prompt", "negative_prompt", "seed", "all_seeds", "subseed", "width", "height", "sampler_name",
                "cfg_scale", "steps", "batch_size", "sd_model_name", "infotexts", "job_timestamp"}
 
@@ -44,6 +47,14 @@ async def test_txt2img_as_the_seed_sends_it(client):
     info = json.loads(answer["info"])
     assert INFO_FIELDS <= set(info) and info["negative_prompt"] == SEED_NEGATIVE
     assert info["all_seeds"] == [info["seed"]] and info["seed"] >= 0
+
+
+async def test_the_seed_documents_request_verbatim(client):
+    status, answer = await post(client, "txt2img", SEED_REQUEST)
+    assert status == 200, answer
+    assert decode_image(base64.b64decode(answer["images"][0])).size == (512, 512)
+    info = json.loads(answer["info"])
+    assert info["negative_prompt"] == SEED_REQUEST["negative_prompt"] and info["steps"] == 30
 
 
 async def test_batch_size_2_by_n_iter_2_gives_4_images_with_consecutive_seeds(client):
@@ -110,7 +121,7 @@ async def test_listings(client):
 
 
 async def test_progress_is_per_key_and_interrupt_stops_only_the_callers_task(client):
-    body = {"prompt": "slow", "width": 128, "height": 128, "steps": 60, "task_id": "a1111-slow-1"}
+    body = {"prompt": "slow", "width": 512, "height": 512, "steps": 60, "task_id": "a1111-slow-1"}
     running = asyncio.create_task(post(client, "txt2img", body))
     for _ in range(100):
         status, answer = await get(client, "progress?task_id=a1111-slow-1")

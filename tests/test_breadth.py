@@ -221,7 +221,7 @@ async def test_compatible_jobs_run_as_one_batch_with_the_same_images(batching_st
         async with aiohttp.ClientSession() as session:
             client = Client(session, batching_stack.base_url)
             alone = [(await client.generate(body))[1][0] for body in bodies]
-            busy = await client.submit({"prompt": "slow", "width": 128, "height": 128, "num_inference_steps": 30})
+            busy = await client.submit({"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 30})
             while decode_event((await started.next_msg(timeout=30)).data).task_id != busy:
                 pass
             ids = [await client.submit(body) for body in bodies]

@@ -18,7 +18,7 @@ from schemas.codec import decode_event
 from .conftest import decode_image
 from .stack import ALICE, BOB
 
-SLOW = {"prompt": "slow", "width": 128, "height": 128, "num_inference_steps": 60}
+SLOW = {"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 60}
 
 
 async def sse(client, task_id: str, last_event_id: str | None = None, limit: int | None = None):
@@ -214,8 +214,8 @@ def test_generate_cli_fails_with_the_servers_message(stack, tmp_path):
 
 async def test_ctrl_c_in_generate_cli_cancels_the_task(client, stack):
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "generate", "slow", "--steps", "60", "--width", "128",
-        "--height", "128", "--url", stack.base_url, "--api-key", ALICE, stderr=asyncio.subprocess.PIPE)
+        sys.executable, "-m", "services.cli", "generate", "slow", "--steps", "60", "--width", "512",
+        "--height", "512", "--url", stack.base_url, "--api-key", ALICE, stderr=asyncio.subprocess.PIPE)
     line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
     task_id = line.split()[-1]
     await wait_status(client, task_id, "processing")

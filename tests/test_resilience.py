@@ -36,7 +36,7 @@ async def count_events(js, task_id: str, event: str) -> int:
     return (info.state.subjects or {}).get(subjects.task_event(task_id, event), 0)
 
 
-SLOW_JOB = {"prompt": "slow", "width": 128, "height": 128, "num_inference_steps": 60, "num_images": 2}
+SLOW_JOB = {"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 60, "num_images": 2}
 
 
 async def kill_worker_when_started(client: Client, started):

@@ -213,7 +213,7 @@ async def test_private_and_metadata_targets_are_refused_and_queue_nothing(client
 
 async def test_progress_webhooks_are_throttled(client, receiver):
     hook = "progress-" + uuid.uuid4().hex[:6]
-    task_id = await client.submit({"prompt": "x", "width": 128, "height": 128, "num_inference_steps": 40,
+    task_id = await client.submit({"prompt": "x", "width": 512, "height": 512, "num_inference_steps": 40,
                                    "callback_url": receiver.url(hook), "webhook_events": ["progress", "completed"]})
     await client.wait(task_id)
     calls = await receiver.wait(hook, 2)

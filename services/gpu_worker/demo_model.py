@@ -47,11 +47,12 @@ def build(path: Path, seed: int = 0) -> Path:
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32)
+        # Four levels: latents are 1/8 of the image, as in real Stable Diffusion, so a 512×512
+        # request costs what a 64×64 latent costs.
         vae = AutoencoderKL(
-            block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-            layers_per_block=1, norm_num_groups=32, sample_size=64)
+            block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1, norm_num_groups=32, sample_size=256)
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
             num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
