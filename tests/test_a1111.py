@@ -80,7 +80,8 @@ async def test_img2img_with_mask(client):
 
     status, answer = await post(client, "img2img", {
         "prompt": "x", "init_images": [data_uri(pattern_png(64, 64))], "mask": data_uri(mask_png(64, 64, (8, 8, 40, 40))),
-        "denoising_strength": 0.8, "steps": 4, "inpainting_fill": 1, "include_init_images": True})
+        "denoising_strength": 0.8, "steps": 4, "inpainting_fill": 1, "include_init_images": True, "width": 64,
+        "height": 64})
     assert status == 200, answer
     assert len(answer["images"]) == 2 and decode_image(base64.b64decode(answer["images"][0])).size == (64, 64)
 
@@ -137,3 +138,35 @@ async def test_progress_is_per_key_and_interrupt_stops_only_the_callers_task(cli
     status, answer = await running
     assert status == 200 and answer["images"] == []
     assert (await get(client, "progress?task_id=a1111-slow-1"))[1]["state"]["interrupted"] is True
+
+
+async def test_extra_single_image_and_png_info(client):
+    from .test_breadth import data_uri, pattern_png
+
+    status, answer = await post(client, "extra-single-image", {"image": data_uri(pattern_png(32, 24)),
+                                                               "upscaler_1": "R-ESRGAN 4x+", "upscaling_resize": 2})
+    assert status == 200, answer
+    assert set(answer) == {"html_info", "image"}
+    assert decode_image(base64.b64decode(answer["image"])).size == (64, 48)
+    _, generated = await post(client, "txt2img", {"prompt": "a mill", "seed": 9, "steps": 2, "width": 64,
+                                                  "height": 64})
+    status, info = await post(client, "png-info", {"image": "data:image/png;base64," + generated["images"][0]})
+    assert status == 200 and set(info) >= {"info", "items", "parameters"}
+    assert info["parameters"]["Seed"] == "9" and info["info"].startswith("a mill")
+
+
+async def test_img2img_resizes_the_init_image_like_a1111(client):
+    from .test_breadth import data_uri, pattern_png
+
+    for mode in (0, 1, 2):
+        status, answer = await post(client, "img2img", {"prompt": "x", "init_images": [data_uri(pattern_png(80, 40))],
+                                                        "width": 64, "height": 64, "steps": 4, "resize_mode": mode})
+        assert status == 200, answer
+        assert decode_image(base64.b64decode(answer["images"][0])).size == (64, 64)
+
+
+@pytest.mark.parametrize("body, field", [({"prompt": "x <hypernet:foo:1>"}, "prompt"),
+                                         ({"prompt": "x", "enable_hr": True, "hr_prompt": "y"}, "hr_prompt")])
+async def test_unsupported_extras_are_refused_by_name(client, body, field):
+    status, answer = await post(client, "txt2img", body)
+    assert status == 422 and field in answer["errors"]

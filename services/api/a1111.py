@@ -3,12 +3,14 @@ progress, interrupt, options, listings. Requests map onto the native JobSpec."""
 
 import base64
 import binascii
+import io
 import json
 import time
 import uuid
 
 import msgspec
 from aiohttp import web
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import subjects
@@ -25,6 +27,7 @@ DIALECT = "a1111"
 PREFIX = "/sdapi/v1/"
 INPAINTING_FILL = {0: "original", 1: "original", 2: "latent_noise", 3: "latent_nothing"}  # 0 "fill": closest
 TERMINAL = (Completed.name(), Failed.name(), Cancelled.name())
+RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize (latent upscale)"}
 OPTIONS = web.AppKey("a1111_options", dict)  # owner -> options (sd_model_checkpoint per key)
 RUNNING = web.AppKey("a1111_running", dict)  # owner -> the task it submitted last
 
@@ -74,6 +77,9 @@ class A1111Request(BaseModel):
     hr_second_pass_steps: int = 0
     hr_resize_x: int = 0
     hr_resize_y: int = 0
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_sampler_name: str | None = None
     # img2img
     init_images: list[str] = []
     resize_mode: int = 0
@@ -110,6 +116,13 @@ def _unsupported(req: A1111Request) -> None:
         raise invalid(["subseed_strength"], "variation seeds (subseed) are not supported")
     if req.styles:
         raise invalid(["styles"], f"unknown styles {req.styles}: no styles are configured")
+    for field, value, same_as in (("hr_prompt", req.hr_prompt, req.prompt),
+                                  ("hr_negative_prompt", req.hr_negative_prompt, req.negative_prompt),
+                                  ("hr_sampler_name", req.hr_sampler_name, req.sampler_name or req.sampler_index)):
+        if value and value != same_as:
+            raise invalid([field], f"a second-pass {field[3:]} different from the first is not supported")
+    if req.resize_mode not in RESIZE_MODES:
+        raise invalid(["resize_mode"], f"resize_mode must be one of {sorted(RESIZE_MODES)}")
 
 
 def native_request(req: A1111Request, owner_options: dict, img2img: bool) -> dict:
@@ -123,8 +136,8 @@ def native_request(req: A1111Request, owner_options: dict, img2img: bool) -> dic
     if img2img:
         if not req.init_images:
             raise invalid(["init_images"], "img2img needs init_images")
-        body.update(init_image=req.init_images[0], strength=0.75 if req.denoising_strength is None
-                    else req.denoising_strength)
+        body.update(init_image=resized(req.init_images[0], req.width, req.height, req.resize_mode),
+                    strength=0.75 if req.denoising_strength is None else req.denoising_strength)
         if req.mask:
             body.update(mask_image=req.mask, mask_blur=req.mask_blur,
                         inpainting_fill=INPAINTING_FILL[req.inpainting_fill], inpaint_full_res=req.inpaint_full_res,
@@ -138,6 +151,24 @@ def native_request(req: A1111Request, owner_options: dict, img2img: bool) -> dic
                     hr_second_pass_steps=req.hr_second_pass_steps,
                     denoising_strength=0.7 if req.denoising_strength is None else req.denoising_strength)
     return {k: v for k, v in body.items() if v is not None}
+
+
+def resized(image: str, width: int, height: int, mode: int) -> str:
+    """A1111 resizes the init image to width×height: stretch (0, 3), crop (1) or fit and fill (2)."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(image.split(",", 1)[-1]))) as img:
+            img = img.convert("RGB")
+            if mode == 1:
+                img = ImageOps.fit(img, (width, height), Image.LANCZOS)
+            elif mode == 2:
+                img = ImageOps.pad(img, (width, height), Image.LANCZOS, centering=(0.5, 0.5))
+            else:
+                img = img.resize((width, height), Image.LANCZOS)
+    except (OSError, ValueError, binascii.Error):
+        return image  # not an image: the native validation says so
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 async def _generate(request: web.Request, img2img: bool) -> web.Response:
@@ -158,17 +189,8 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
     task_id = req.force_task_id or req.task_id or uuid.uuid4().hex
     if not subjects.is_valid_task_id(task_id):
         raise invalid(["task_id"], "letters, digits, - and _ only, at most 64")
-    done = await ctx.tasks.nc.subscribe(subjects.task_event(task_id, "*"))
-    try:
-        await ctx.tasks.submit(spec, who, dialect=DIALECT, task_id=task_id)
-        request.app[RUNNING][who.owner] = task_id
-        while (event := decode_event((await done.next_msg(timeout=ctx.config.api.sync_timeout_s)).data)).name() \
-                not in TERMINAL:
-            pass
-    except TimeoutError:
-        raise ApiError(504, f"task {task_id} did not finish in {ctx.config.api.sync_timeout_s}s") from None
-    finally:
-        await done.unsubscribe()
+    request.app[RUNNING][who.owner] = task_id
+    event = await run_to_end(ctx, who, spec, task_id)
     if isinstance(event, Failed):
         raise ApiError(500, event.error)
     images = []
@@ -178,6 +200,21 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
     if img2img and req.include_init_images:
         images += [i.split(",", 1)[-1] for i in req.init_images]
     return web.json_response({"images": images, "parameters": raw, "info": json.dumps(info(spec, task_id))})
+
+
+async def run_to_end(ctx, who: Principal, spec, task_id: str):
+    """Submit and wait for the task's terminal event (A1111's endpoints are synchronous)."""
+    done = await ctx.tasks.nc.subscribe(subjects.task_event(task_id, "*"))
+    try:
+        await ctx.tasks.submit(spec, who, dialect=DIALECT, task_id=task_id)
+        while (event := decode_event((await done.next_msg(timeout=ctx.config.api.sync_timeout_s)).data)).name() \
+                not in TERMINAL:
+            pass
+    except TimeoutError:
+        raise ApiError(504, f"task {task_id} did not finish in {ctx.config.api.sync_timeout_s}s") from None
+    finally:
+        await done.unsubscribe()
+    return event
 
 
 def info(spec, task_id: str) -> dict:
@@ -305,13 +342,52 @@ async def png_info(request: web.Request) -> web.Response:
     return await native.png_info_body(request)
 
 
+class ExtrasRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    image: str
+    resize_mode: int = 0  # 0: by upscaling_resize, 1: to upscaling_resize_w × _h
+    upscaling_resize: float = Field(2.0, ge=1)
+    upscaling_resize_w: int = Field(512, ge=1)
+    upscaling_resize_h: int = Field(512, ge=1)
+    upscaler_1: str = "None"
+
+
+async def extra_single_image(request: web.Request) -> web.Response:
+    """POST /sdapi/v1/extra-single-image: an upscale task, waited for; {html_info, image}."""
+    ctx = request.app[CTX]
+    who = principal(request)
+    try:
+        req = ExtrasRequest.model_validate(await validation.read_json(request))
+    except ValidationError as e:
+        raise ApiError(422, validation.detail(e)) from None
+    image = await validation.input_image(req.image, "image", ctx.config)
+    upscaler = "Lanczos" if req.upscaler_1 in ("None", "") else req.upscaler_1
+    scale = req.upscaling_resize if req.resize_mode == 0 else max(
+        req.upscaling_resize_w / image.width, req.upscaling_resize_h / image.height)
+    body = {"image": req.image, "scale": scale, "upscaler": upscaler}
+    try:
+        native_req = native.UpscaleRequest.model_validate(body, context=ctx.config)
+    except ValidationError as e:
+        raise ApiError(422, validation.detail(e)) from None
+    size = ((req.upscaling_resize_w, req.upscaling_resize_h) if req.resize_mode == 1
+            else (round(image.width * scale), round(image.height * scale)))
+    spec = await native.upscale_spec(ctx, native_req, image, size)
+    event = await run_to_end(ctx, who, spec, uuid.uuid4().hex)
+    data = await ctx.tasks.storage.get(event.images[0].key) if isinstance(event, Completed) else None
+    if data is None:
+        raise ApiError(500, getattr(event, "error", "the upscale did not finish"))
+    return web.json_response({"html_info": f"<p>{upscaler}, {size[0]}×{size[1]}</p>",
+                              "image": base64.b64encode(data).decode()})
+
+
 def register(app: web.Application) -> None:
     app[OPTIONS] = {}
     app[RUNNING] = {}
     app[RENDERERS].append((PREFIX, error_shape))
     for path, handler in (("txt2img", txt2img), ("img2img", img2img), ("interrupt", interrupt),
                           ("skip", interrupt), ("refresh-checkpoints", refresh), ("refresh-loras", refresh),
-                          ("png-info", png_info), ("options", options)):
+                          ("png-info", png_info), ("options", options), ("extra-single-image", extra_single_image)):
         app.router.add_post(PREFIX + path, handler)
     for path, handler in (("progress", progress), ("options", options), ("sd-models", sd_models),
                           ("samplers", sampler_list), ("schedulers", schedule_list), ("upscalers", upscaler_list),

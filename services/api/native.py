@@ -270,12 +270,16 @@ async def upscale(request: web.Request) -> web.Response:
     config = ctx.config
     principal, req = await _parse(request, UpscaleRequest)
     image = await validation.input_image(req.image, "image", config)
-    width, height = round(image.width * req.scale), round(image.height * req.scale)
-    if max(width, height) > config.limits.max_upscale_side:
-        raise invalid(["scale"], f"the result would be {width}x{height}, over {config.limits.max_upscale_side} a side")
-    spec = Upscale(image=await ctx.tasks.store_input(image), scale=req.scale, upscaler=req.upscaler, width=width,
-                   height=height, output_format=_output_format(req.output_format), quality=req.output_quality)
-    return await _submit(request, spec, principal, req)
+    size = round(image.width * req.scale), round(image.height * req.scale)
+    return await _submit(request, await upscale_spec(ctx, req, image, size), principal, req)
+
+
+async def upscale_spec(ctx, req: UpscaleRequest, image, size: tuple[int, int]) -> Upscale:
+    if max(size) > ctx.config.limits.max_upscale_side:
+        raise invalid(["scale"], f"the result would be {size[0]}x{size[1]}, over "
+                                 f"{ctx.config.limits.max_upscale_side} a side")
+    return Upscale(image=await ctx.tasks.store_input(image), scale=req.scale, upscaler=req.upscaler, width=size[0],
+                   height=size[1], output_format=_output_format(req.output_format), quality=req.output_quality)
 
 
 class PngInfoRequest(BaseModel):

@@ -9,11 +9,15 @@ from .errors import invalid
 from .workers import WorkerDirectory
 
 LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]+))?(?::[^>]*)?>")
+OTHER_NETWORK_TAG = re.compile(r"<(?!lora:)(\w+):[^>]*>")  # <hypernet:…>, <lyco:…>: not served here
 WEIGHT_RANGE = (-2.0, 2.0)
 
 
 def split_loras(prompt: str) -> tuple[str, list[tuple[str, float]]]:
     """The prompt without its LoRA tags, and the (name, weight) pairs they named."""
+    other = OTHER_NETWORK_TAG.search(prompt)
+    if other:
+        raise invalid(["prompt"], f"<{other.group(1)}:…> extra networks are not supported; only <lora:name:weight>")
     found = []
     for name, weight in LORA_TAG.findall(prompt):
         try:
