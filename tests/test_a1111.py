@@ -170,3 +170,25 @@ async def test_img2img_resizes_the_init_image_like_a1111(client):
 async def test_unsupported_extras_are_refused_by_name(client, body, field):
     status, answer = await post(client, "txt2img", body)
     assert status == 422 and field in answer["errors"]
+
+
+async def test_response_shapes_follow_a1111_models(client):
+    """Field by field, as A1111's modules/api/models.py declares them."""
+    status, sync = await post(client, "txt2img", {"prompt": "x", "steps": 2, "width": 64, "height": 64,
+                                                  "sampler_name": "Euler a"})
+    assert json.loads(sync["info"])["sampler_name"] == "Euler a"
+    status, progress = await get(client, "progress")  # no task_id: this key's latest task
+    assert status == 200 and set(progress) == {"progress", "eta_relative", "state", "current_image", "textinfo"}
+    assert {"skipped", "interrupted", "job", "job_count", "job_timestamp", "job_no", "sampling_step",
+            "sampling_steps"} <= set(progress["state"])
+    assert progress["progress"] == 1.0 and progress["state"]["job"] == json.loads(sync["info"])["task_id"]
+    shapes = {"sd-models": {"title", "model_name", "hash", "sha256", "filename", "config"},
+              "samplers": {"name", "aliases", "options"},
+              "upscalers": {"name", "model_name", "model_path", "model_url", "scale"},
+              "schedulers": {"name", "label", "aliases", "default_rho", "need_inner_model"},
+              "loras": {"name", "alias", "path", "metadata"}}
+    for path, fields in shapes.items():
+        status, items = await get(client, path)
+        assert status == 200 and items, path
+        assert all(set(item) == fields for item in items), path
+    assert "demo-style" in {item["name"] for item in (await get(client, "loras"))[1]}

@@ -199,7 +199,8 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
             images.append(base64.b64encode(await ctx.tasks.storage.get(image.key) or b"").decode())
     if img2img and req.include_init_images:
         images += [i.split(",", 1)[-1] for i in req.init_images]
-    return web.json_response({"images": images, "parameters": raw, "info": json.dumps(info(spec, task_id))})
+    sampler = req.sampler_name or req.sampler_index or "Automatic"
+    return web.json_response({"images": images, "parameters": raw, "info": json.dumps(info(spec, task_id, sampler))})
 
 
 async def run_to_end(ctx, who: Principal, spec, task_id: str):
@@ -217,13 +218,13 @@ async def run_to_end(ctx, who: Principal, spec, task_id: str):
     return event
 
 
-def info(spec, task_id: str) -> dict:
+def info(spec, task_id: str, sampler: str) -> dict:
     seeds = spec.seeds
     return {
         "prompt": spec.prompt, "all_prompts": [spec.prompt] * len(seeds), "negative_prompt": spec.negative_prompt,
         "all_negative_prompts": [spec.negative_prompt] * len(seeds), "seed": spec.seed, "all_seeds": seeds,
         "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0, "width": spec.width,
-        "height": spec.height, "sampler_name": spec.scheduler or "default", "cfg_scale": spec.guidance_scale,
+        "height": spec.height, "sampler_name": sampler, "cfg_scale": spec.guidance_scale,
         "steps": spec.steps, "batch_size": spec.num_images, "restore_faces": False, "sd_model_name": spec.model,
         "denoising_strength": getattr(spec, "strength", None), "infotexts": [imaging.infotext(spec, s) for s in seeds],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1, "task_id": task_id,
