@@ -15,6 +15,7 @@ PROGRESS = "PROGRESS"
 IMAGES_BUCKET = "images"  # object store: inputs and results
 CANCEL_BUCKET = "cancel"  # KV: task_id -> cancel request
 WORKERS_BUCKET = "workers"  # KV: worker_id -> WorkerAnnouncement, expires unless refreshed
+DIALECT_STATE_BUCKET = "dialect-state"  # KV: per-key state a dialect keeps (A1111 options, latest task)
 
 # Durable consumers
 PROJECTOR_DURABLE = "projector"

@@ -69,6 +69,7 @@ async def ensure(js: JetStreamContext, config: Config) -> None:
             await js.update_stream(cfg)
     await js.create_object_store(subjects.IMAGES_BUCKET, ObjectStoreConfig(storage=StorageType.FILE))
     await js.create_key_value(KeyValueConfig(bucket=subjects.CANCEL_BUCKET, ttl=7 * 86400))
+    await js.create_key_value(KeyValueConfig(bucket=subjects.DIALECT_STATE_BUCKET))
     await js.create_key_value(KeyValueConfig(
         bucket=subjects.WORKERS_BUCKET, ttl=max(3 * config.worker.announce_every_s, 5.0),
         storage=StorageType.MEMORY))

@@ -11,6 +11,7 @@ import uuid
 import msgspec
 from aiohttp import web
 from PIL import Image, ImageOps
+from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import subjects
@@ -28,8 +29,25 @@ PREFIX = "/sdapi/v1/"
 INPAINTING_FILL = {0: "original", 1: "original", 2: "latent_noise", 3: "latent_nothing"}  # 0 "fill": closest
 TERMINAL = (Completed.name(), Failed.name(), Cancelled.name())
 RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize (latent upscale)"}
-OPTIONS = web.AppKey("a1111_options", dict)  # owner -> options (sd_model_checkpoint per key)
-RUNNING = web.AppKey("a1111_running", dict)  # owner -> the task it submitted last
+class KeyState:
+    """Per-key state in a KV bucket, so every API replica sees the same: options, latest task."""
+
+    def __init__(self, js):
+        self.js = js
+
+    async def get(self, kind: str, owner: str, default=None):
+        kv = await self.js.key_value(subjects.DIALECT_STATE_BUCKET)
+        try:
+            return json.loads((await kv.get(f"a1111.{kind}.{subjects.model_token(owner)}")).value)
+        except KeyNotFoundError:
+            return default
+
+    async def put(self, kind: str, owner: str, value) -> None:
+        kv = await self.js.key_value(subjects.DIALECT_STATE_BUCKET)
+        await kv.put(f"a1111.{kind}.{subjects.model_token(owner)}", json.dumps(value).encode())
+
+
+STATE = web.AppKey("a1111_state", KeyState)
 
 
 def error_shape(status: int, detail) -> dict:
@@ -180,7 +198,8 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
         _unsupported(req)
         cls, options = samplers.resolve(req.sampler_name or req.sampler_index, req.scheduler)
         native_req = native.GenerateRequest.model_validate(
-            native_request(req, request.app[OPTIONS].get(who.owner, {}), img2img), context=ctx.config)
+            native_request(req, await request.app[STATE].get("options", who.owner, {}), img2img),
+            context=ctx.config)
     except ValidationError as e:
         raise ApiError(422, validation.detail(e)) from None
     spec = await native.build_spec(ctx, native_req)
@@ -189,7 +208,7 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
     task_id = req.force_task_id or req.task_id or uuid.uuid4().hex
     if not subjects.is_valid_task_id(task_id):
         raise invalid(["task_id"], "letters, digits, - and _ only, at most 64")
-    request.app[RUNNING][who.owner] = task_id
+    await request.app[STATE].put("latest", who.owner, task_id)
     event = await run_to_end(ctx, who, spec, task_id)
     if isinstance(event, Failed):
         raise ApiError(500, event.error)
@@ -243,7 +262,7 @@ async def progress(request: web.Request) -> web.Response:
     """GET /sdapi/v1/progress[?task_id=]: that task, or the calling key's latest one."""
     ctx = request.app[CTX]
     who = principal(request)
-    task_id = request.query.get("task_id") or request.app[RUNNING].get(who.owner)
+    task_id = request.query.get("task_id") or await request.app[STATE].get("latest", who.owner)
     empty = {"progress": 0.0, "eta_relative": 0.0, "state": {"skipped": False, "interrupted": False, "job": "",
              "job_count": 0, "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0},
              "current_image": None, "textinfo": None}
@@ -268,7 +287,7 @@ async def interrupt(request: web.Request) -> web.Response:
     """POST /sdapi/v1/interrupt (and /skip): stops the calling key's running task (or ?task_id=)."""
     ctx = request.app[CTX]
     who = principal(request)
-    task_id = request.query.get("task_id") or request.app[RUNNING].get(who.owner)
+    task_id = request.query.get("task_id") or await request.app[STATE].get("latest", who.owner)
     if task_id:
         try:
             await ctx.tasks.cancel(task_id, who)
@@ -282,7 +301,7 @@ async def options(request: web.Request) -> web.Response:
     """GET/POST /sdapi/v1/options: per key; sd_model_checkpoint is that key's default model."""
     ctx = request.app[CTX]
     who = principal(request)
-    stored = request.app[OPTIONS].setdefault(who.owner, {"sd_model_checkpoint": ctx.config.default_model})
+    stored = await request.app[STATE].get("options", who.owner, {"sd_model_checkpoint": ctx.config.default_model})
     if request.method == "POST":
         body = await validation.read_json(request)
         if not isinstance(body, dict):
@@ -291,6 +310,7 @@ async def options(request: web.Request) -> web.Response:
         if model is not None and ctx.config.model(model) is None:
             raise invalid(["sd_model_checkpoint"], f"unknown model {model!r}")
         stored.update(body)
+        await request.app[STATE].put("options", who.owner, stored)
         return web.json_response(None)
     return web.json_response(stored)
 
@@ -383,8 +403,7 @@ async def extra_single_image(request: web.Request) -> web.Response:
 
 
 def register(app: web.Application) -> None:
-    app[OPTIONS] = {}
-    app[RUNNING] = {}
+    app[STATE] = KeyState(app[CTX].tasks.js)
     app[RENDERERS].append((PREFIX, error_shape))
     for path, handler in (("txt2img", txt2img), ("img2img", img2img), ("interrupt", interrupt),
                           ("skip", interrupt), ("refresh-checkpoints", refresh), ("refresh-loras", refresh),
