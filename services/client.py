@@ -5,7 +5,6 @@ import asyncio
 import base64
 import json
 import mimetypes
-import sys
 from pathlib import Path
 
 import aiohttp

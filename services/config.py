@@ -188,7 +188,7 @@ class Config(_Section):
             try:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
-                raise msgspec.ValidationError(f"{network!r} is not a network - at `$.notifier.allowed_networks`")
+                raise msgspec.ValidationError(f"{network!r} is not a network - at `$.notifier.allowed_networks`") from None
         if self.progress.preview_format not in ("webp", "jpeg"):
             raise msgspec.ValidationError("preview_format must be webp or jpeg - at `$.progress`")
         if self.default_model is None:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import nats
-import pytest
 from PIL import Image
 
 from schemas import subjects

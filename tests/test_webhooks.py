@@ -16,7 +16,7 @@ from schemas.events import Accepted
 from schemas.jobs import Img2Img, Job, Txt2Img
 from services.embedded import free_port
 
-from .stack import WEBHOOK_SECRET, Stack, wait_until
+from .stack import WEBHOOK_SECRET, Stack
 
 FAST = {"num_inference_steps": 2}
 
