@@ -4,6 +4,7 @@ while it runs, then complete, chain the next stage, fail, or hand it back, and o
 A worker that dies leaves its job to be redelivered to another."""
 
 import asyncio
+import io
 import logging
 import threading
 import time
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import KeyNotFoundError
+from PIL import Image
 
 from schemas import subjects
 from schemas.codec import decode, encode
@@ -22,6 +24,7 @@ from schemas.workers import WorkerAnnouncement
 
 from . import bus, storage
 from .config import Config
+from .lifecycle import stop_event
 
 log = logging.getLogger("diffbus.jobloop")
 
@@ -281,6 +284,13 @@ class JobWorker:
         except failed as e:
             raise JobError(str(e)) from None
 
+    async def load_image(self, key: str):
+        """An input image from storage; a missing one fails the job."""
+        data = await self.storage.get(key)
+        if data is None:
+            raise JobError(f"input image {key} is missing from storage")
+        return Image.open(io.BytesIO(data))
+
     def hold(self, msg) -> None:
         """Keep a fetched job for later: heartbeat it so it is not redelivered meanwhile."""
         self.held.append(msg)
@@ -354,3 +364,13 @@ class JobWorker:
             task_id=job.task_id, at=time.time(),
             error=f"no worker finished the job: {attempts} attempt(s) ended with the worker crashing or stopping"))
         await self.js.delete_msg(subjects.JOBS, seq)
+
+
+async def serve(config: Config, name: str, make_worker) -> None:
+    """A worker service's whole life: connect, ensure the streams, run until stopped, drain."""
+    nc = await bus.connect(config, name)
+    try:
+        await bus.ensure(nc.jetstream(), config)
+        await make_worker(nc).run(stop_event())
+    finally:
+        await nc.drain()

@@ -1,7 +1,6 @@
 """gpu_worker: generation jobs for the models it serves. A hires fix with a model upscaler stores the
 first images and hands the task to the upscaler service; its refine stage comes back here."""
 
-import io
 import logging
 import threading
 import time
@@ -14,10 +13,9 @@ from schemas.codec import decode
 from schemas.jobs import LATENT_UPSCALER, Img2Img, Inpaint, Job, OutputFormat, batch_key, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
-from services import bus, imaging
+from services import imaging
 from services.config import Config
-from services.jobloop import JobError, JobWorker
-from services.lifecycle import stop_event
+from services.jobloop import JobWorker, serve
 from services.progress import StepReporter
 
 from . import generate
@@ -171,19 +169,8 @@ class GpuWorker(JobWorker):
                                          (job.spec.width, job.spec.height), job.spec.output_format)
                 for i, job in enumerate(jobs)]
 
-    async def load_image(self, key: str) -> Image.Image:
-        data = await self.storage.get(key)
-        if data is None:
-            raise JobError(f"input image {key} is missing from storage")
-        return Image.open(io.BytesIO(data))
-
 
 async def run(config: Config) -> None:
     registry = ModelRegistry(config)
-    nc = await bus.connect(config, "gpu-worker")
-    try:
-        await bus.ensure(nc.jetstream(), config)
-        await GpuWorker(config, nc, registry).run(stop_event())
-    finally:
-        await nc.drain()
+    await serve(config, "gpu-worker", lambda nc: GpuWorker(config, nc, registry))
 

@@ -1,22 +1,19 @@
 """upscaler: upscale jobs (`jobs.upscale.*`), on their own or as the middle stage of a hires fix,
 whose images it hands back to the gpu workers for the second pass."""
 
-import io
 import logging
 import threading
 import time
 
-from PIL import Image
 
 from schemas import subjects
 from schemas.events import ImageResult
 from schemas.jobs import Job, OutputFormat, Upscale, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
-from services import bus, imaging
+from services import imaging
 from services.config import Config
-from services.jobloop import JobError, JobWorker
-from services.lifecycle import stop_event
+from services.jobloop import JobWorker, serve
 from services.progress import StepReporter
 
 from .models import UpscalerRegistry
@@ -48,12 +45,7 @@ class UpscalerWorker(JobWorker):
             hires = spec.hires
             keys, upscaler, size, fmt = job.inputs, hires.upscaler, (hires.width, hires.height), OutputFormat.PNG
             quality = 100
-        pictures = []
-        for key in keys:
-            data = await self.storage.get(key)
-            if data is None:
-                raise JobError(f"input image {key} is missing from storage")
-            pictures.append(Image.open(io.BytesIO(data)))
+        pictures = [await self.load_image(key) for key in keys]
         reporters: list[StepReporter] = []  # made at the first tile, when the tile count is known
 
         def run() -> list[bytes]:
@@ -80,9 +72,4 @@ class UpscalerWorker(JobWorker):
 
 async def run(config: Config) -> None:
     registry = UpscalerRegistry(config)
-    nc = await bus.connect(config, "upscaler")
-    try:
-        await bus.ensure(nc.jetstream(), config)
-        await UpscalerWorker(config, nc, registry).run(stop_event())
-    finally:
-        await nc.drain()
+    await serve(config, "upscaler", lambda nc: UpscalerWorker(config, nc, registry))
