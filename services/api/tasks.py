@@ -109,10 +109,10 @@ class Tasks:
         await bus.publish_event(self.js, request)
         record = taskstate.apply(record, request)
         if record.status is TaskStatus.PENDING:
-            ack = await bus.publish_event(self.js, Cancelled(task_id=task_id, at=time.time()))
-            if ack.duplicate:  # it finished meanwhile
+            cancelled = Cancelled(task_id=task_id, at=time.time())
+            if (await bus.publish_event(self.js, cancelled)).duplicate:  # it finished meanwhile
                 return await self.get(task_id, principal)
-            record = taskstate.apply(record, Cancelled(task_id=task_id, at=request.at))
+            record = taskstate.apply(record, cancelled)
         return record
 
     async def last_progress(self, task_id: str) -> Progress | None:
