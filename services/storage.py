@@ -14,6 +14,8 @@ class Storage(Protocol):
 
     async def get(self, key: str) -> bytes | None: ...
 
+    async def exists(self, key: str) -> bool: ...
+
     async def delete(self, key: str) -> None: ...
 
 
@@ -54,6 +56,13 @@ class ObjectStoreStorage:
             return (await (await self._bucket()).get(key)).data
         except (ObjectNotFoundError, NotFoundError):
             return None
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await (await self._bucket()).get_info(key)
+        except (ObjectNotFoundError, NotFoundError):
+            return False
+        return True
 
     async def delete(self, key: str) -> None:
         try:

@@ -43,9 +43,11 @@ class Tasks:
         self.storage = storage.ObjectStoreStorage(self.js)
 
     async def store_input(self, image: InputImage) -> str:
-        """Store an input image under its sha256; jobs carry the key, never the bytes."""
+        """Store an input image under its sha256; jobs carry the key, never the bytes. A stored key
+        already holds these bytes: rewriting it would purge the chunks a worker may be reading."""
         key = storage.input_key(image.sha256, image.extension)
-        await self.storage.put(key, image.data)
+        if not await self.storage.exists(key):
+            await self.storage.put(key, image.data)
         return key
 
     @staticmethod
