@@ -93,6 +93,7 @@ class UpscalerConfig(_Section):
     tile_size: Positive = 512  # input pixels per tile side: memory stays flat for any image size
     tile_overlap: Annotated[int, msgspec.Meta(ge=0)] = 32  # blended between neighbouring tiles
     half: bool = True  # fp16 on CUDA where the architecture supports it
+    concurrency: Positive = 8  # jobs in flight; the upscaling itself runs one at a time
 
 
 class NatsConfig(_Section):

@@ -54,6 +54,7 @@ class JobWorker:
     """Subclasses name their queues and do the work; this class settles every message."""
 
     kind = "worker"
+    concurrency = 1  # jobs (or batches) handled at once; their blocking work still takes turns
 
     def __init__(self, config: Config, nc):
         self.config = config
@@ -106,21 +107,28 @@ class JobWorker:
         await self._subscribe()
         self.ready.update(range(len(self.queues)))  # jobs may have queued before this worker started
         log.info("%s ready", self.id)
+        slots, handling = asyncio.Semaphore(self.concurrency), set()
         try:
             while not self.stopping:
+                await slots.acquire()
+                if self.stopping:
+                    break
                 msg = self.held.popleft() if self.held else await self._next_job()
                 if msg is None:
+                    slots.release()
                     continue
                 msgs = await self.gather(msg)
                 for m in msgs:
                     task = self.holding.pop(id(m), None)
                     if task:
                         task.cancel()
-                try:
-                    await self._handle(msgs)
-                except Exception:  # noqa: BLE001 - e.g. NATS lost mid-job: unacked, it is redelivered
-                    log.exception("jobs %s not settled", [m.metadata.sequence.stream for m in msgs])
+                task = asyncio.create_task(self._settle(msgs))
+                handling.add(task)
+                task.add_done_callback(handling.discard)
+                task.add_done_callback(lambda _: slots.release())
         finally:
+            if handling:
+                await asyncio.wait(handling)
             for task in background + list(self.holding.values()):
                 task.cancel()
             for msg in self.held:  # fetched, never started: straight back to the queue
@@ -182,6 +190,12 @@ class JobWorker:
         if msg.metadata.num_pending == 0:
             self.ready.discard(index)
         return msg
+
+    async def _settle(self, msgs: list) -> None:
+        try:
+            await self._handle(msgs)
+        except Exception:  # noqa: BLE001 - e.g. NATS lost mid-job: unacked, it is redelivered
+            log.exception("jobs %s not settled", [m.metadata.sequence.stream for m in msgs])
 
     async def _handle(self, msgs: list) -> None:
         """Run one job, or (dynamic batching) several compatible ones as one call, and settle each."""

@@ -28,6 +28,8 @@ class UpscalerWorker(JobWorker):
     def __init__(self, config: Config, nc, registry: UpscalerRegistry):
         super().__init__(config, nc)
         self.registry = registry
+        # While one job resizes, others wait on storage and NATS round trips.
+        self.concurrency = config.upscaler.concurrency
 
     def queue_subjects(self) -> list[tuple[str, str]]:
         return [(subjects.upscale_job(p), subjects.upscale_durable(p)) for p in PRIORITY_ORDER]
