@@ -1,10 +1,13 @@
 """Image storage: the Storage protocol and its JetStream object store backend (the default)."""
 
+import base64
+import hashlib
 import mimetypes
 from typing import Protocol
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
 
 from schemas import subjects
 
@@ -52,8 +55,25 @@ class ObjectStoreStorage:
         await (await self._bucket()).put(key, data)
 
     async def get(self, key: str) -> bytes | None:
+        bucket = await self._bucket()
+        for _ in range(2):  # twice: the object may be replaced between reading its info and its chunk
+            try:
+                info = await bucket.get_info(key)
+            except (ObjectNotFoundError, NotFoundError):
+                return None
+            if info.chunks != 1:
+                break
+            # One chunk (most images): one direct read, not an ordered consumer created and deleted.
+            try:
+                msg = await self._js.get_last_msg(OBJ_STREAM_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET),
+                                                  OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET,
+                                                                                 obj=info.nuid))
+            except NotFoundError:
+                continue
+            if info.digest.split("=", 1)[1] == base64.urlsafe_b64encode(hashlib.sha256(msg.data).digest()).decode():
+                return msg.data
         try:
-            return (await (await self._bucket()).get(key)).data
+            return (await bucket.get(key)).data
         except (ObjectNotFoundError, NotFoundError):
             return None
 
