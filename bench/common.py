@@ -121,3 +121,28 @@ def tree_cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     own = (int(fields[11]) + int(fields[12])) / tick
     return own + sum(tree_cpu_seconds(int(c)) for c in out.split())
+
+
+async def run_task(session, base: str, endpoint: str, body: dict) -> tuple[dict, float]:
+    """What a client does: POST the request, follow GET /api/v1/tasks/{id}/events (SSE) until the task
+    ends, download its image. (task view, wall seconds)."""
+    headers = {"X-API-Key": KEY}
+    t = time.perf_counter()
+    async with session.post(f"{base}{endpoint}", json=body, headers=headers) as r:
+        if r.status != 200:
+            raise RuntimeError(f"{endpoint} answered {r.status}: {await r.text()}")
+        task_id = (await r.json())["task_id"]
+    event, task = None, None
+    async with session.get(f"{base}/api/v1/tasks/{task_id}/events", headers=headers) as r:
+        async for raw in r.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event in ("completed", "failed", "cancelled"):
+                task = json.loads(line[6:])
+                break
+    if event != "completed":
+        raise RuntimeError(f"task {task_id} ended {event}: {task}")
+    async with session.get(task["result_url"]) as r:
+        await r.read()
+    return task, time.perf_counter() - t
