@@ -1,11 +1,13 @@
-# `make run` starts the whole service; `make test` installs everything and runs the tests.
+# `make run` starts the whole service; `make test` installs everything and runs the tests;
+# `make bench` runs the CPU benchmarks (bench/README.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test install clean
+.PHONY: run test install bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +25,19 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,bench]'
+	touch $@
+
+# The Celery baseline needs Debian's redis-server; the benchmark starts its own on a free port.
+bench: $(BENCH_STAMP)
+	@command -v redis-server >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		apt-get install -y -qq redis-server >/dev/null; } || \
+		{ echo "redis-server is missing: apt-get install redis-server (as root)"; exit 1; }
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/control_plane.py
+	$(BIN)/python bench/batching.py
 
 clean:
 	rm -rf $(VENV) data

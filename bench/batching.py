@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 import nats
 
-from common import build_demo_model, machine, percentile, run_task, running, write_result
+from common import demo_model, machine, percentile, run_task, stacks, write_result
 from schemas import subjects
 from schemas.codec import decode_event
 
@@ -71,15 +71,13 @@ def main() -> None:
     runs = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(prefix="diffbus-bench-") as d:
         tmp = Path(d)
-        model = build_demo_model(tmp / "demo")
+        model = demo_model(tmp)
         models = [{"name": "demo", "path": str(model)}]
-        with running(tmp / "off", models=models, worker={"batching": modes["off"]}) as off, \
-                running(tmp / "on", models=models, worker={"batching": modes["on"]}) as on:
-            stacks = {"off": off, "on": on}
-            for mode, stack in stacks.items():  # warm-up
+        with stacks(tmp, {mode: {"models": models, "worker": {"batching": b}} for mode, b in modes.items()}) as up:
+            for mode, stack in up.items():  # warm-up
                 asyncio.run(one_round(stack.base, stack.nats_url, args.jobs, body, 0))
             for n in range(args.rounds):
-                for mode, stack in stacks.items():
+                for mode, stack in up.items():
                     print(f"round {n + 1}: batching {mode}", flush=True)
                     runs[mode].append(asyncio.run(one_round(stack.base, stack.nats_url, args.jobs, body, 1000 * n)))
     result = {"benchmark": "batching", "machine": machine(), "jobs": args.jobs, "request": body,

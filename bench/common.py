@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from services.embedded import free_port  # noqa: E402
 
 KEY = "bench-key-0123456789"
-RESULTS = ROOT / "bench" / "results"
+RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or ROOT / "bench" / "results")  # the smoke test writes elsewhere
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,7 +50,7 @@ def write_result(name: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
     return path
 
 
@@ -77,13 +77,14 @@ class Stack:
         self.config_path.write_text(yaml.safe_dump(base))
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 120) -> "Stack":
+    def spawn(self) -> "Stack":
         self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--config", str(self.config_path)],
                                      stdout=subprocess.DEVNULL, stderr=open(self.tmp / "up.log", "wb"), cwd=ROOT)
+        return self
+
+    def wait_ready(self, timeout: float = 180) -> "Stack":
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
+        while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"{self.base}/health", timeout=1) as r:
                     if json.load(r).get("model_loaded"):
@@ -91,13 +92,15 @@ class Stack:
             except OSError:
                 pass
             time.sleep(0.2)
-        self.stop()
         raise SystemExit(f"stack did not start; see {self.tmp / 'up.log'}:\n"
                          + (self.tmp / "up.log").read_text()[-3000:])
 
-    def stop(self) -> None:
+    def signal_stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
+
+    def wait_stopped(self) -> None:
+        if self.proc is not None:
             try:
                 self.proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -106,12 +109,32 @@ class Stack:
 
 
 @contextmanager
-def running(tmp: Path, **config):
-    stack = Stack(tmp, **config).start()
+def stacks(tmp: Path, configs: dict[str, dict]):
+    """Several stacks, started and stopped side by side (an idle stack costs next to nothing): name -> Stack."""
+    running = {name: Stack(tmp / name, **config) for name, config in configs.items()}
     try:
-        yield stack
+        for stack in running.values():
+            stack.spawn()
+        for stack in running.values():
+            stack.wait_ready()
+        yield running
     finally:
-        stack.stop()
+        for stack in running.values():
+            stack.signal_stop()
+        for stack in running.values():
+            stack.wait_stopped()
+
+
+@contextmanager
+def running(tmp: Path, **config):
+    with stacks(tmp.parent, {tmp.name: config}) as started:
+        yield started[tmp.name]
+
+
+def demo_model(tmp: Path) -> Path:
+    """The demo model: BENCH_DEMO_MODEL when set (the smoke test builds it once), else built in `tmp`."""
+    given = os.environ.get("BENCH_DEMO_MODEL")
+    return Path(given) if given else build_demo_model(tmp / "demo")
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -34,7 +34,7 @@ from pathlib import Path
 import aiohttp
 from PIL import Image
 
-from common import KEY, ROOT, build_demo_model, machine, percentile, running, write_result
+from common import KEY, ROOT, demo_model, machine, percentile, running, write_result
 from services.embedded import free_port
 
 HEADERS = {"X-API-Key": KEY}
@@ -76,8 +76,8 @@ def summary(tasks: int, t0: float, accepted_at: float | None, done_at: float, la
 # --- diffbus: HTTP in, one WebSocket for every completion, HTTP download
 
 class DiffbusClient:
-    def __init__(self, session: aiohttp.ClientSession, base: str, body: dict):
-        self.session, self.base, self.body = session, base, body
+    def __init__(self, session: aiohttp.ClientSession, base: str, body: dict, warmup: int = WARMUP):
+        self.session, self.base, self.body, self.warmup = session, base, body, warmup
         self.done: dict[str, tuple[str, dict]] = {}  # task id -> (terminal event, task view)
         self.waiting: dict[str, asyncio.Future] = {}
         self.ids: list[str] = []  # every task submitted
@@ -89,7 +89,7 @@ class DiffbusClient:
         # The server takes commands in order: once the probe's state arrives, "all" is live too.
         probe = await self.submit()
         await self.ws.send_json({"subscribe": [probe]})
-        for task_id in [probe] + [await self.submit() for _ in range(WARMUP)]:
+        for task_id in [probe] + [await self.submit() for _ in range(self.warmup)]:
             if not await self.finish(task_id):
                 raise RuntimeError(f"warm-up task {task_id} did not complete")
         return self
@@ -173,7 +173,7 @@ class DiffbusClient:
 
 async def diffbus_level(base: str, body: dict, concurrency: int, tasks: int, closed_tasks: int) -> dict:
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        async with DiffbusClient(session, base, body) as client:
+        async with DiffbusClient(session, base, body, min(WARMUP, tasks)) as client:
             burst = await client.burst(tasks, concurrency)
             closed = await client.closed_loop(closed_tasks, concurrency)
             never = await client.never_completed()
@@ -323,7 +323,7 @@ def main() -> None:
               "job": f"Lanczos upscale {SIZE}x{SIZE} PNG -> {OUT}x{OUT} PNG", "levels": []}
     with tempfile.TemporaryDirectory(prefix="diffbus-bench-") as d:
         tmp = Path(d)
-        model = build_demo_model(tmp / "demo")
+        model = demo_model(tmp)
         with running(tmp / "stack", models=[{"name": "demo", "path": str(model)}]) as stack, \
                 (celery_stack(tmp) if not args.no_baseline else _none()) as task:
             celery = None if task is None else CeleryClient(task, base64.b64encode(png).decode())

@@ -6,8 +6,8 @@ no network.
     .venv/bin/python bench/gpu.py --tiny        # the demo model, small and few, on any machine
 
 Measures, in one run: images/s of a plain diffusers loop (one image a call, in this process); of
-diffbus with one gpu_worker, batching off, with 4 clients keeping it busy; and with batching on, at
-4 and at 8 concurrent jobs (that many clients, max_images as many). Each client submits over HTTP,
+diffbus with one gpu_worker, batching off, with 4 clients keeping it busy; and with batching on
+(max_images 8), at 4 and at 8 concurrent jobs (that many clients). Each client submits over HTTP,
 follows the task's SSE stream and downloads the image. Also: torch.cuda.max_memory_allocated for
 one call of 1, 4 and 8 images; the GPU's idle share while diffbus ran (nvidia-smi utilization
 sampled every 50 ms, where nvidia-smi exists) and the worker's gap between one job's `completed`
@@ -29,7 +29,7 @@ from pathlib import Path
 import aiohttp
 import nats
 
-from common import build_demo_model, machine, run_task, running, write_result
+from common import demo_model, machine, run_task, stacks, write_result
 from schemas import subjects
 from schemas.codec import decode_event
 
@@ -58,11 +58,11 @@ def build_sd15(path: Path) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from services.gpu_worker import demo_model
+    from services.gpu_worker.demo_model import write_tokenizer
 
     if (path / "model_index.json").exists():
         return path
-    demo_model.write_tokenizer(path.parent / "tokenizer-src")  # a byte-level vocabulary: no download
+    write_tokenizer(path.parent / "tokenizer-src")  # a byte-level vocabulary: no download
     tokenizer = CLIPTokenizer.from_pretrained(path.parent / "tokenizer-src", model_max_length=77)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init is much faster there
@@ -209,18 +209,20 @@ def main() -> None:
               "model": "demo (tiny)" if args.tiny else "SD 1.5 architecture, random weights, fp16"}
     with tempfile.TemporaryDirectory(prefix="diffbus-bench-") as d:
         tmp = Path(d)
-        model = build_demo_model(tmp / "demo") if args.tiny else build_sd15(tmp / "sd15")
+        model = demo_model(tmp) if args.tiny else build_sd15(tmp / "sd15")
         print("plain diffusers loop", flush=True)
         result["plain"] = plain_loop(model, args.images, args.size, args.steps)
         models = [{"name": "demo" if args.tiny else "sd15", "path": str(model), "width": args.size,
                    "height": args.size}]
-        runs = {"unbatched": (False, 4), "batched_4": (True, 4), "batched_8": (True, 8)}
-        for name, (enabled, count) in runs.items():
-            print(f"diffbus {name}", flush=True)
-            batching = {"enabled": enabled, "max_images": count}
-            with running(tmp / name, models=models, worker={"batching": batching}) as stack:
-                result[name] = asyncio.run(clients(stack.base, stack.nats_url, count, args.images, body))
-            result[name]["ratio_vs_plain"] = result[name]["images_per_s"] / result["plain"]["images_per_s"]
+        # (stack, clients): with max_images 8, 4 clients make batches of at most 4.
+        runs = {"unbatched": ("off", 4), "batched_4": ("on", 4), "batched_8": ("on", 8)}
+        configs = {mode: {"models": models, "worker": {"batching": {"enabled": mode == "on", "max_images": 8}}}
+                   for mode in ("off", "on")}
+        with stacks(tmp, configs) as up:  # side by side; they take turns, and an idle one uses no GPU
+            for name, (mode, count) in runs.items():
+                print(f"diffbus {name}", flush=True)
+                result[name] = asyncio.run(clients(up[mode].base, up[mode].nats_url, count, args.images, body))
+                result[name]["ratio_vs_plain"] = result[name]["images_per_s"] / result["plain"]["images_per_s"]
     result["targets"] = {
         "unbatched_at_least_0.98x_plain": result["unbatched"]["ratio_vs_plain"] >= 0.98,
         "batched_at_least_1.5x_plain": max(result[n]["ratio_vs_plain"] for n in ("batched_4", "batched_8")) >= 1.5}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from common import build_demo_model, machine, percentile, run_task, running, tree_cpu_seconds, write_result
+from common import demo_model, machine, percentile, run_task, running, tree_cpu_seconds, write_result
 from services.config import load
 
 TARGET_OVERHEAD_MS, TARGET_RATIO = 30.0, 0.97
@@ -76,7 +76,7 @@ def main() -> None:
             "num_inference_steps": args.steps, "seed": 42}
     with tempfile.TemporaryDirectory(prefix="diffbus-bench-") as d:
         tmp = Path(d)
-        model = build_demo_model(tmp / "demo")
+        model = demo_model(tmp)
         config = load(None, {}, models=[{"name": "demo", "path": str(model)}], data_dir=str(tmp / "data"))
         direct = direct_runner(config, body)
         with running(tmp / "stack", models=[{"name": "demo", "path": str(model)}]) as stack:
