@@ -24,12 +24,27 @@ BATCH = 256
 MAX_POSITIONS = 1000  # queue positions are published for the first this many pending tasks
 
 
+POSITIONS_EVERY_S = 0.25  # a deep queue moves on every batch: its positions are published at most this often
+
+
 class QueuePositions:
     """Publishes `progress.<id>` with the queue position of each pending task when it changes."""
 
     def __init__(self, nc):
         self.nc = nc
         self.sent: dict[str, int] = {}
+        self.last = 0.0
+        self.soon: asyncio.Task | None = None
+
+    def changed(self, positions) -> None:
+        """After a batch: publish `positions()` now, or once the interval since the last time has passed."""
+        if self.soon is None:
+            self.soon = asyncio.create_task(self._publish_soon(positions))
+
+    async def _publish_soon(self, positions) -> None:
+        await asyncio.sleep(max(0.0, self.last + POSITIONS_EVERY_S - time.monotonic()))
+        self.soon, self.last = None, time.monotonic()  # a change from here on is published next time
+        await self.publish_changes(positions())
 
     async def publish_changes(self, positions: dict[str, int]) -> None:
         now = time.time()
@@ -95,8 +110,10 @@ async def run(config: Config, rebuild: bool = False) -> None:
                     log.error("skipping undecodable event at %s: %s", m.subject, e)
             tasks.apply(batch)
             await asyncio.gather(*(m.ack() for m in msgs))
-            await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
+            queue.changed(lambda: tasks.queue_positions(MAX_POSITIONS))
     finally:
+        if queue.soon is not None:
+            queue.soon.cancel()
         await events.unsubscribe()
         await query_sub.unsubscribe()
         await nc.drain()
