@@ -2,6 +2,7 @@
 
 import io
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
@@ -31,7 +32,6 @@ from services import imaging
 from . import live, validation
 from .context import CTX
 from .errors import ApiError, invalid
-from .system import file_url
 
 DIALECT = "native"
 SEED_RANGE = 2**32
@@ -134,8 +134,8 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def task_view(record: TaskRecord, base_url: str) -> dict:
-    urls = [file_url(base_url, image.key) for image in record.images]
+def task_view(record: TaskRecord, file_url: Callable[[str], str]) -> dict:
+    urls = [file_url(image.key) for image in record.images]
     return {
         "task_id": record.task_id,
         "status": record.status.value,
@@ -318,21 +318,21 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.get(request.match_info["task_id"], _principal(request))
-    return web.json_response(task_view(record, ctx.base_url(request)))
+    return web.json_response(task_view(record, ctx.file_urls(request)))
 
 
 async def cancel_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.cancel(request.match_info["task_id"], _principal(request))
-    view = task_view(record, ctx.base_url(request))
+    view = task_view(record, ctx.file_urls(request))
     view["message"] = ("Task cancelled" if record.status is TaskStatus.CANCELLED
                        else "Cancel requested; the task stops at its next step")
     return web.json_response(view)
 
 
 async def task_events(request: web.Request) -> web.StreamResponse:
-    base_url = request.app[CTX].base_url(request)
-    return await live.sse(request, _principal(request), lambda record: task_view(record, base_url))
+    file_url = request.app[CTX].file_urls(request)
+    return await live.sse(request, _principal(request), lambda record: task_view(record, file_url))
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -342,8 +342,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         request.query.get("api_key"))
     if principal is None:
         raise ApiError(401, "Invalid or missing API key")
-    base_url = ctx.base_url(request)
-    return await live.websocket(request, principal, lambda record: task_view(record, base_url))
+    file_url = ctx.file_urls(request)
+    return await live.websocket(request, principal, lambda record: task_view(record, file_url))
 
 
 def register(app: web.Application) -> None:

@@ -15,15 +15,17 @@ from schemas.events import (
     Accepted,
     Cancelled,
     CancelRequested,
+    Completed,
     Failed,
     Progress,
+    Started,
     TaskStatus,
     WebhookEvent,
 )
 from schemas.jobs import Job, JobSpec, job_subject
 from schemas.queries import TaskGet, TaskRecord, TaskReply
 from schemas.subjects import Priority
-from services import bus, storage, taskstate
+from services import bus, metrics, storage, taskstate, telemetry
 from services.config import Config
 
 from .auth import Principal
@@ -36,11 +38,11 @@ IDEMPOTENCY_NS = uuid.UUID("6f1c3a52-3d0e-4d8e-9a34-5b0c8e2f7a10")
 
 
 class Tasks:
-    def __init__(self, config: Config, nc):
+    def __init__(self, config: Config, nc, store: storage.Storage | None = None):
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
-        self.storage = storage.ObjectStoreStorage(self.js)
+        self.storage = store or storage.ObjectStoreStorage(self.js)
 
     async def store_input(self, image: InputImage) -> str:
         """Store an input image under its sha256; jobs carry the key, never the bytes."""
@@ -61,23 +63,39 @@ class Tasks:
         """Publish `accepted` (the audit record, with the whole spec) and then the job."""
         task_id = task_id or self.task_id_for(principal, idempotency_key)
         if idempotency_key and await bus.last_event(self.js, task_id, Accepted.name()) is not None:
-            return task_id  # a retried submit: the task exists already
+            # A retried submit: the task exists. Its job may not have been queued if the first try
+            # was cut off (a NATS node lost) between the two publishes: queue it unless it has started
+            # or ended (the job's message id makes a second copy of a queued job a no-op).
+            if not await self._started_or_ended(task_id):
+                job = Job(task_id=task_id, spec=spec, priority=priority)
+                await bus.publish(self.js, job_subject(job), encode(job),
+                                  telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(task_id)}))
+            return task_id
         accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
                             priority=priority, dialect=dialect, callback_url=callback_url,
                             webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
-        try:
-            await bus.publish_event(self.js, accepted)
-        except (nats.errors.Error, TimeoutError) as e:
-            raise ApiError(503, f"job queue unavailable: {e}") from e
         job = Job(task_id=task_id, spec=spec, priority=priority)
-        try:
-            await self.js.publish(job_subject(job), encode(job), headers={"Nats-Msg-Id": subjects.job_msg_id(task_id)})
-        except (nats.errors.Error, TimeoutError) as e:
-            log.error("task %s accepted but not queued: %s", task_id, e)
-            await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
-                                                    error="the job could not be queued"))
-            raise ApiError(503, f"job queue unavailable: {e}") from e
+        with telemetry.span("publish", task_id=task_id, subject=job_subject(job)):
+            try:
+                await bus.publish_event(self.js, accepted)
+            except (nats.errors.Error, TimeoutError) as e:
+                raise ApiError(503, f"job queue unavailable: {e}") from e
+            try:
+                await bus.publish(self.js, job_subject(job), encode(job),
+                                  telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(task_id)}))
+            except (nats.errors.Error, TimeoutError) as e:
+                log.error("task %s accepted but not queued: %s", task_id, e)
+                await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
+                                                        error="the job could not be queued"))
+                raise ApiError(503, f"job queue unavailable: {e}") from e
+        metrics.TASKS_ACCEPTED.labels(metrics.kind(spec)).inc()
         return task_id
+
+    async def _started_or_ended(self, task_id: str) -> bool:
+        for event in (Started, Completed, Failed, Cancelled):
+            if await bus.last_event(self.js, task_id, event.name()) is not None:
+                return True
+        return False
 
     async def get(self, task_id: str, principal: Principal) -> TaskRecord:
         """The task as the projector holds it; 404 when unknown or someone else's."""

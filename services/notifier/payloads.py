@@ -1,5 +1,7 @@
 """Webhook bodies in each dialect's own shape."""
 
+from collections.abc import Callable
+
 from schemas.events import (
     Accepted,
     Cancelled,
@@ -10,17 +12,19 @@ from schemas.events import (
     WebhookEvent,
 )
 
-
-def file_urls(base_url: str, event) -> list[str]:
-    return [f"{base_url}/files/{image.key}" for image in getattr(event, "images", [])]
+FileUrl = Callable[[str], str]  # storage key -> download URL (Storage.url, bound to the API's base URL)
 
 
-def native(accepted: Accepted, event, base_url: str, started_at: float | None) -> dict:
+def file_urls(file_url: FileUrl, event) -> list[str]:
+    return [file_url(image.key) for image in getattr(event, "images", [])]
+
+
+def native(accepted: Accepted, event, file_url: FileUrl, started_at: float | None) -> dict:
     """seeds/sd_model_api.md: {task_id, status, image_url | image_urls | error_message}."""
     body: dict = {"task_id": accepted.task_id, "event": about(event).value}
     match event:
         case Completed():
-            urls = file_urls(base_url, event)
+            urls = file_urls(file_url, event)
             body["status"] = "completed"
             body.update({"image_url": urls[0]} if len(urls) == 1 else {"image_urls": urls})
         case Failed():
@@ -39,7 +43,7 @@ FOOOCUS_STATUS = {Completed: "finished", Failed: "failed", Cancelled: "canceled"
                   Progress: "running"}
 
 
-def fooocus(accepted: Accepted, event, base_url: str, started_at: float | None) -> dict:
+def fooocus(accepted: Accepted, event, file_url: FileUrl, started_at: float | None) -> dict:
     """seeds/fooocusapi.md: the task object of /tasks/{task_id}."""
     finished = isinstance(event, (Completed, Failed, Cancelled))
     progress = 100 if isinstance(event, Completed) else round(100 * getattr(event, "fraction", 0))
@@ -54,7 +58,7 @@ def fooocus(accepted: Accepted, event, base_url: str, started_at: float | None) 
         "progress": progress,
         "preview": "",
         "webhook_url": accepted.callback_url,
-        "result": file_urls(base_url, event),
+        "result": file_urls(file_url, event),
         "error_message": event.error if isinstance(event, Failed) else None,
     }
 
@@ -66,5 +70,5 @@ def about(event) -> WebhookEvent:
     return WebhookEvent.PROGRESS if isinstance(event, Progress) else WebhookEvent(event.name())
 
 
-def render(accepted: Accepted, event, base_url: str, started_at: float | None = None) -> dict:
-    return RENDERERS.get(accepted.dialect, native)(accepted, event, base_url, started_at)
+def render(accepted: Accepted, event, file_url: FileUrl, started_at: float | None = None) -> dict:
+    return RENDERERS.get(accepted.dialect, native)(accepted, event, file_url, started_at)

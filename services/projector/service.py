@@ -11,7 +11,7 @@ from schemas import subjects
 from schemas.codec import decode, decode_event, encode
 from schemas.events import Progress, TaskStatus
 from schemas.queries import TaskGet, TaskReply
-from services import bus
+from services import bus, telemetry
 from services.config import Config
 from services.lifecycle import stop_event
 
@@ -93,7 +93,8 @@ async def run(config: Config, rebuild: bool = False) -> None:
                     batch.append((m.metadata.sequence.stream, decode_event(m.data)))
                 except Exception as e:  # noqa: BLE001 - an undecodable event is skipped, not retried
                     log.error("skipping undecodable event at %s: %s", m.subject, e)
-            tasks.apply(batch)
+            with telemetry.applying("projector.apply", msgs):  # one span per event, in the trace the event carried
+                tasks.apply(batch)
             await asyncio.gather(*(m.ack() for m in msgs))
             await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
     finally:
