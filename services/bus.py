@@ -30,7 +30,8 @@ from .config import Config, NatsConfig
 log = logging.getLogger("diffbus.bus")
 
 STREAM_IN_USE = 10058  # JetStream error: stream name already in use with a different configuration
-PUBLISH_RETRY_S = 15.0  # a publish is retried this long while its stream elects a new leader
+PUBLISH_RETRY_S = 20.0  # a publish is retried this long while its stream elects a new leader
+PUBLISH_ACK_S = 2.0  # per try: a publish that reached no stream leader is not stored, so try again soon
 ENSURE_TIMEOUT_S = 60.0  # a cluster starting with its services may need this long to elect a leader
 
 
@@ -100,14 +101,20 @@ def stream_config(spec: subjects.StreamSpec, replicas: int = 1) -> StreamConfig:
 async def ensure(js: JetStreamContext, config: Config) -> None:
     """Create (or bring up to date) every stream and bucket. Safe to call from every service; waits
     while JetStream is unavailable (a cluster still electing its leader)."""
-    deadline = time.monotonic() + ENSURE_TIMEOUT_S
+    await retry(lambda: _ensure(js, config), "streams and buckets")
+
+
+async def retry(operation, what: str, within: float = ENSURE_TIMEOUT_S):
+    """Await `operation()` until it succeeds, retrying while JetStream is briefly unavailable (a
+    cluster electing a leader, a node lost): for start-up steps such as creating consumers."""
+    deadline = time.monotonic() + within
     while True:
         try:
-            return await _ensure(js, config)
+            return await operation()
         except TRANSIENT as e:
             if time.monotonic() > deadline:
                 raise
-            log.info("JetStream not ready (%s); retrying", e)
+            log.info("%s: JetStream not ready (%s); retrying", what, type(e).__name__)
             await asyncio.sleep(1.0)
 
 
@@ -142,13 +149,26 @@ async def publish(js: JetStreamContext, subject: str, payload: bytes, headers: d
     delay = 0.1
     while True:
         try:
-            return await js.publish(subject, payload, headers=headers)
+            return await js.publish(subject, payload, timeout=PUBLISH_ACK_S, headers=headers)
         except TRANSIENT as e:
             if time.monotonic() + delay > deadline:
                 raise
             log.info("publish to %s not acknowledged (%s); retrying", subject, type(e).__name__)
             await asyncio.sleep(delay)
             delay = min(2 * delay, 1.0)
+
+
+async def fetch(sub, batch: int, timeout: float) -> list:
+    """A pull: the messages, or [] when none came in time or the consumer is briefly unavailable
+    (a cluster node was lost and its leader is being re-elected: the next pull finds the new one)."""
+    try:
+        return await sub.fetch(batch, timeout=timeout)
+    except TimeoutError:  # nats-py raises both its own and the builtin one
+        return []
+    except (nats.errors.NoRespondersError, ServiceUnavailableError, nats.errors.ConnectionReconnectingError) as e:
+        log.info("pull not answered (%s); trying again", type(e).__name__)
+        await asyncio.sleep(min(timeout, 0.5))
+        return []
 
 
 async def publish_event(js: JetStreamContext, event: TaskEvent, *qualifiers: object):

@@ -102,8 +102,8 @@ class JobWorker:
         await self.prepare()
         self.cancels = await self.js.key_value(subjects.CANCEL_BUCKET)
         kv = await self.js.key_value(subjects.WORKERS_BUCKET)
-        background = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
         await self._subscribe()
+        background = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
         self.ready.update(range(len(self.queues)))  # jobs may have queued before this worker started
         log.info("%s ready", self.id)
         try:
@@ -150,10 +150,10 @@ class JobWorker:
         wcfg = self.config.worker
         for subject, durable in self.queue_subjects():
             self.queue_of[subject] = len(self.queues)
-            self.queues.append(await self.js.pull_subscribe(
+            self.queues.append(await bus.retry(lambda subject=subject, durable=durable: self.js.pull_subscribe(
                 subject, durable=durable, stream=subjects.JOBS,
                 config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_s,
-                                      max_deliver=wcfg.max_deliver, max_ack_pending=1000)))
+                                      max_deliver=wcfg.max_deliver, max_ack_pending=1000)), f"consumer {durable}"))
             # A doorbell: job publishes reach core subscribers too, so an idle worker wakes at once.
             self.subs.append(await self.nc.subscribe(subject, cb=self._ring))
             self.subs.append(await self.nc.subscribe(
@@ -174,11 +174,11 @@ class JobWorker:
                 self.ready.update(range(len(self.queues)))
             return None
         index = min(self.ready)
-        try:
-            [msg] = await self.queues[index].fetch(1, timeout=FETCH_S)
-        except TimeoutError:  # nats-py raises both its own and the builtin one
+        fetched = await bus.fetch(self.queues[index], 1, FETCH_S)
+        if not fetched:
             self.ready.discard(index)
             return None
+        [msg] = fetched
         if msg.metadata.num_pending == 0:
             self.ready.discard(index)
         return msg

@@ -14,7 +14,7 @@ from schemas.codec import decode
 from schemas.jobs import LATENT_UPSCALER, Img2Img, Inpaint, Job, OutputFormat, batch_key, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
-from services import imaging, metrics, telemetry
+from services import bus, imaging, metrics, telemetry
 from services.config import Config
 from services.jobloop import JobWorker, serve
 from services.progress import StepReporter
@@ -127,11 +127,8 @@ class GpuWorker(JobWorker):
             return [msg]
         if key is None or images >= settings.max_images:
             return [msg]
-        try:
-            more = await self.queues[self.queue_of[msg.subject]].fetch(
-                settings.max_images - images, timeout=max(settings.max_wait_ms, 1) / 1000)
-        except TimeoutError:
-            return [msg]
+        more = await bus.fetch(self.queues[self.queue_of[msg.subject]], settings.max_images - images,
+                               max(settings.max_wait_ms, 1) / 1000)
         batch = [msg]
         for other in more:
             try:

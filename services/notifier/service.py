@@ -70,23 +70,22 @@ class Notifier:
                                          limit=ncfg.max_in_flight)
         self.session = aiohttp.ClientSession(connector=connector,
                                              timeout=aiohttp.ClientTimeout(total=ncfg.timeout_s))
-        events = await self.js.pull_subscribe(
+        events = await bus.retry(lambda: self.js.pull_subscribe(
             "", durable=subjects.NOTIFIER_DURABLE, stream=subjects.TASKS,
             config=ConsumerConfig(filter_subjects=subjects.webhook_triggers(), ack_policy=AckPolicy.EXPLICIT,
                                   deliver_policy=DeliverPolicy.ALL, ack_wait=2 * ncfg.timeout_s + 10,
-                                  max_deliver=-1, max_ack_pending=10 * ncfg.max_in_flight))
+                                  max_deliver=-1, max_ack_pending=10 * ncfg.max_in_flight)), "notifier consumer")
         progress = await self.nc.subscribe(subjects.progress("*"), queue=subjects.NOTIFIER_QUEUE,
                                            cb=self._on_progress)
         log.info("notifier ready")
         try:
             while not stop.is_set():
                 await self.slots.acquire()
-                try:
-                    [msg] = await events.fetch(1, timeout=1.0)
-                except TimeoutError:  # nats-py raises both its own and the builtin one
+                fetched = await bus.fetch(events, 1, 1.0)
+                if not fetched:
                     self.slots.release()
                     continue
-                self._spawn(self._handle(msg))
+                self._spawn(self._handle(fetched[0]))
         finally:
             await progress.unsubscribe()
             await events.unsubscribe()

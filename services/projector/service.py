@@ -68,25 +68,21 @@ async def run(config: Config, rebuild: bool = False) -> None:
     queue = QueuePositions(nc)
     await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
     query_sub = await nc.subscribe(subjects.TASK_GET, queue=subjects.PROJECTOR_QUEUE, cb=answer_get)
-    events = await js.pull_subscribe(
+    events = await bus.retry(lambda: js.pull_subscribe(
         subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS,
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                              ack_wait=30, max_ack_pending=10_000))
+                              ack_wait=30, max_ack_pending=10_000)), "projector consumer")
     log.info("projector ready: %s", db_path)
     stop = stop_event()
     try:
         while not stop.is_set():
-            try:
-                msgs = await events.fetch(1, timeout=1.0)
-            except TimeoutError:  # nats-py raises both its own and the builtin one
+            msgs = await bus.fetch(events, 1, 1.0)
+            if not msgs:
                 continue
             # Then exactly what is waiting: a bigger pull would wait for its batch to fill.
             waiting = min(msgs[-1].metadata.num_pending, BATCH)
             if waiting:
-                try:
-                    msgs += await events.fetch(waiting, timeout=1.0)
-                except TimeoutError:
-                    pass
+                msgs += await bus.fetch(events, waiting, 1.0)
             batch = []
             for m in msgs:
                 try:
