@@ -124,6 +124,9 @@ class StorageConfig(_Section):
     region: str = "us-east-1"
     public_base_url: str | None = None  # result URLs are <this>/<key> (a public bucket or CDN) ...
     presign_ttl: Seconds = 7 * 86400  # ... else presigned GET URLs valid this many seconds (S3 allows 7 days)
+    # Presigned URLs name the host they were signed for: when clients reach the store at another
+    # address than the services do (http://minio:9000 inside compose), sign for this one.
+    public_endpoint: str | None = None
 
 
 class MetricsConfig(_Section):

@@ -23,9 +23,10 @@ REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDen
 NOT_FOUND = {"NoSuchKey", "NoSuchObject", "NoSuchBucket"}
 
 
-def client(cfg: StorageConfig) -> Minio:
-    """A minio client for `cfg.endpoint`, given as host:port or as a URL (its scheme sets https)."""
-    endpoint, secure = cfg.endpoint or "", cfg.secure
+def client(cfg: StorageConfig, endpoint: str | None = None) -> Minio:
+    """A minio client for `endpoint` (default cfg.endpoint), given as host:port or as a URL (its
+    scheme sets https)."""
+    endpoint, secure = endpoint or cfg.endpoint or "", cfg.secure
     if "://" in endpoint:
         parts = urlsplit(endpoint)
         endpoint, secure = parts.netloc, parts.scheme == "https"
@@ -42,6 +43,7 @@ class S3Storage:
         self.cfg = cfg
         self.bucket = cfg.bucket
         self.s3 = client(cfg)
+        self.signer = client(cfg, cfg.public_endpoint) if cfg.public_endpoint else self.s3  # signs, never connects
 
     async def put(self, key: str, data: bytes) -> None:
         with telemetry.span("storage.put", key=key, backend="s3"):
@@ -80,7 +82,7 @@ class S3Storage:
     def url(self, key: str, api_base_url: str) -> str:
         if self.cfg.public_base_url:
             return f"{self.cfg.public_base_url.rstrip('/')}/{quote(key)}"
-        return self.s3.presigned_get_object(self.bucket, key, expires=timedelta(seconds=self.cfg.presign_ttl))
+        return self.signer.presigned_get_object(self.bucket, key, expires=timedelta(seconds=self.cfg.presign_ttl))
 
     async def check(self) -> None:
         """The credentials are accepted and the bucket exists (created when missing)."""

@@ -88,6 +88,12 @@ def test_public_base_url_makes_plain_urls(s3_server):
     assert store.url("results/t 1/0.png", "http://api") == "https://cdn.example.com/images/results/t%201/0.png"
 
 
+def test_presigned_urls_can_name_the_address_clients_use(s3_server):
+    store = S3Storage(storage_config(s3_server, public_endpoint="https://images.example.com"))
+    url = store.url("results/t1/0.png", "http://api")
+    assert url.startswith("https://images.example.com/diffbus-results/results/t1/0.png?") and "X-Amz-Signature=" in url
+
+
 def run_api(s3_stack, tmp_path, storage: dict) -> subprocess.CompletedProcess:
     config = yaml.safe_load(s3_stack.config_path.read_text())
     config["storage"] = storage
