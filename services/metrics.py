@@ -86,13 +86,8 @@ def job_queues(config: Config) -> list[tuple[str, str]]:
     return queues + [(subjects.upscale_job(p), subjects.upscale_durable(p)) for p in PRIORITY_ORDER]
 
 
-def _age(stored_time: str | None, now: float) -> float:
-    if not stored_time:
-        return 0.0
-    # JetStream stamps RFC 3339 with nanoseconds; Python parses microseconds.
-    head, _, rest = stored_time.rstrip("Z").partition(".")
-    stamp = datetime.fromisoformat(f"{head}.{rest[:6] or '0'}+00:00")
-    return max(0.0, now - stamp.timestamp())
+def _age(stored: datetime | None, now: float) -> float:
+    return 0.0 if stored is None else max(0.0, now - stored.timestamp())
 
 
 async def refresh_queues(js, config: Config) -> None:
