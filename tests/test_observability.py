@@ -124,7 +124,8 @@ async def eventually(check, timeout: float = 20.0):
         await asyncio.sleep(0.2)
 
 
-async def test_one_trace_follows_a_task_through_api_worker_projector_and_webhook(client, collector, receiver):  # noqa: F811
+async def test_one_trace_follows_a_task_through_api_worker_projector_and_webhook(
+        client, collector, receiver):  # noqa: F811
     task_id = await client.submit({"prompt": "a traced cat", "callback_url": receiver.url("traced"), **FAST})
     assert (await client.wait(task_id))["status"] == "completed"
     await receiver.wait("traced")

@@ -47,12 +47,16 @@ class Health:
         nc = self.ctx.tasks.nc
         connected = nc.is_connected
         live = self.ctx.workers.live()
+        kinds = sorted({w.kind for w in live})
+        nats_state = {"ok": connected}
+        if connected and nc.connected_url:
+            nats_state["server"] = nc.connected_url.netloc
         dependencies = {
-            "nats": {"ok": connected, **({"server": nc.connected_url.netloc} if connected and nc.connected_url else {})},
+            "nats": nats_state,
             "storage": self.storage,
             "projector": self.projector,
             "workers": {"ok": bool(live), "announced": len(live),
-                        "by_kind": {kind: sum(w.kind == kind for w in live) for kind in sorted({w.kind for w in live})}},
+                        "by_kind": {kind: sum(w.kind == kind for w in live) for kind in kinds}},
         }
         accepts = connected and self.storage.get("ok", False)
         if accepts and all(d["ok"] for d in dependencies.values()):
