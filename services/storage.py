@@ -2,6 +2,7 @@
 `open_storage`, which picks the backend from config (S3 lives in services/s3storage.py)."""
 
 import mimetypes
+from collections.abc import Callable
 from typing import Protocol
 
 from nats.js import JetStreamContext
@@ -11,6 +12,9 @@ from schemas import subjects
 
 from . import telemetry
 from .config import Config
+
+
+FileUrl = Callable[[str], str]  # storage key -> download URL: Storage.url bound to the API's base URL
 
 
 class StorageError(Exception):
@@ -49,9 +53,9 @@ async def open_storage(config: Config, js: JetStreamContext) -> Storage:
     return store
 
 
-def task_prefixes(task_id: str) -> tuple[str, str]:
-    """Every key a task's own objects live under (inputs are shared by content, so not among them)."""
-    return f"results/{task_id}/", f"stages/{task_id}/"
+def stage_prefix(task_id: str) -> str:
+    """Where a task's intermediate images (stage_key) live."""
+    return f"stages/{task_id}/"
 
 
 def content_type(key: str) -> str:

@@ -25,7 +25,7 @@ from services.embedded import EmbeddedNats, free_port
 
 from .conftest import Client, wait_ready
 from .stack import Stack
-from .test_webhooks import Receiver, receiver  # noqa: F401 - the fixture
+from .test_webhooks import receiver  # noqa: F401 - the fixture
 
 FAST = {"num_inference_steps": 2}
 

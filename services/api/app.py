@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from . import a1111, errors, native, system
+from . import a1111, errors, fooocus, native, sdwm, system
 from .context import CTX, ApiContext
 from .tracing import tracing_middleware
 
@@ -12,6 +12,6 @@ def create_app(ctx: ApiContext) -> web.Application:
                           middlewares=[tracing_middleware, errors.error_middleware])
     app[CTX] = ctx
     app[errors.RENDERERS] = []
-    for dialect in (system, native, a1111):
+    for dialect in (system, native, a1111, fooocus, sdwm):
         dialect.register(app)
     return app

@@ -4,14 +4,14 @@ import io
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
-
-import msgspec
 from typing import Literal
 
+import msgspec
 from aiohttp import web
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from schemas.events import TaskStatus, WebhookEvent
 from schemas.jobs import (
     LATENT_UPSCALER,
     SCHEDULERS,
@@ -19,17 +19,15 @@ from schemas.jobs import (
     Img2Img,
     Inpaint,
     InpaintFill,
-    OutputFormat,
     Outpaint,
+    OutputFormat,
     Txt2Img,
     Upscale,
 )
-from schemas.events import TaskStatus, WebhookEvent
 from schemas.queries import TaskRecord
-
 from services import imaging
 
-from . import live, validation
+from . import history, live, validation
 from .context import CTX
 from .errors import ApiError, invalid
 
@@ -167,10 +165,10 @@ async def _parse(request: web.Request, model: type[TaskRequest]):
 
 
 async def _submit(request: web.Request, spec, principal, req: TaskRequest) -> web.Response:
-    task_id = await request.app[CTX].tasks.submit(
+    record = await request.app[CTX].tasks.submit(
         spec, principal, dialect=DIALECT, callback_url=req.callback_url, webhook_events=req.webhook_events,
         idempotency_key=request.headers.get("Idempotency-Key"))
-    return web.json_response({"task_id": task_id, "status": "pending",
+    return web.json_response({"task_id": record.task_id, "status": "pending",
                               "message": "Task created; poll /api/v1/tasks/{task_id} for the result"})
 
 
@@ -244,6 +242,11 @@ def hires_fix(req: GenerateRequest, width: int, height: int, steps: int, config)
     if int(hires.steps * hires.denoising_strength) < 1:
         raise invalid(["denoising_strength"], "denoising_strength × second-pass steps must give at least one step")
     return hires
+
+
+def default_upscaler(config) -> str:
+    """For dialects whose upscale names no upscaler: the first configured model, else Lanczos."""
+    return config.fooocus.upscaler or next((u.name for u in config.upscalers), "Lanczos")
 
 
 class UpscaleRequest(TaskRequest):
@@ -321,6 +324,29 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(task_view(record, ctx.file_urls(request)))
 
 
+async def list_tasks(request: web.Request) -> web.Response:
+    """GET /api/v1/tasks?status=&page=&page_size=&start_at=&end_at=: the calling key's tasks, newest first."""
+    ctx = request.app[CTX]
+    principal = _principal(request)
+    statuses = []
+    for name in filter(None, request.query.get("status", "").split(",")):
+        try:
+            statuses.append(TaskStatus(name.strip()))
+        except ValueError:
+            raise history.query_error("status", f"one of {[s.value for s in TaskStatus]}") from None
+    query = history.task_list(request, principal, statuses)
+    page = await ctx.tasks.page(query)
+    file_url = ctx.file_urls(request)
+    return web.json_response({"tasks": [task_view(r, file_url) for r in page.tasks], "total": page.total,
+                              "page": query.offset // query.limit + 1, "page_size": query.limit})
+
+
+async def delete_task(request: web.Request) -> web.Response:
+    """DELETE /api/v1/tasks/{id}: the task and its result images; 409 until it has finished."""
+    await request.app[CTX].tasks.delete(request.match_info["task_id"], _principal(request))
+    return web.Response(status=204)
+
+
 async def cancel_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.cancel(request.match_info["task_id"], _principal(request))
@@ -351,7 +377,9 @@ def register(app: web.Application) -> None:
     app.router.add_post("/api/v1/upscale", upscale)
     app.router.add_post("/api/v1/png-info", png_info)
     app.router.add_get("/api/v1/models", list_models)
+    app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_delete("/api/v1/tasks/{task_id}", delete_task)
     app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel_task)
     app.router.add_get("/api/v1/tasks/{task_id}/events", task_events)
     app.router.add_get("/api/v1/ws", websocket)

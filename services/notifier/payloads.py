@@ -1,6 +1,6 @@
 """Webhook bodies in each dialect's own shape."""
 
-from collections.abc import Callable
+import msgspec
 
 from schemas.events import (
     Accepted,
@@ -9,10 +9,11 @@ from schemas.events import (
     Failed,
     Progress,
     Started,
+    TaskStatus,
     WebhookEvent,
 )
-
-FileUrl = Callable[[str], str]  # storage key -> download URL (Storage.url, bound to the API's base URL)
+from services import fooocus_task, taskstate
+from services.storage import FileUrl
 
 
 def file_urls(file_url: FileUrl, event) -> list[str]:
@@ -39,28 +40,15 @@ def native(accepted: Accepted, event, file_url: FileUrl, started_at: float | Non
     return body
 
 
-FOOOCUS_STATUS = {Completed: "finished", Failed: "failed", Cancelled: "canceled", Started: "running",
-                  Progress: "running"}
-
-
 def fooocus(accepted: Accepted, event, file_url: FileUrl, started_at: float | None) -> dict:
-    """seeds/fooocusapi.md: the task object of /tasks/{task_id}."""
-    finished = isinstance(event, (Completed, Failed, Cancelled))
-    progress = 100 if isinstance(event, Completed) else round(100 * getattr(event, "fraction", 0))
-    return {
-        "id": -1,
-        "task_id": accepted.task_id,
-        "req_params": {},
-        "in_queue_mills": round(accepted.at * 1000),
-        "start_mills": None if started_at is None else round(started_at * 1000),
-        "finish_mills": round(event.at * 1000) if finished else -1,
-        "task_status": FOOOCUS_STATUS[type(event)],
-        "progress": progress,
-        "preview": "",
-        "webhook_url": accepted.callback_url,
-        "result": file_urls(file_url, event),
-        "error_message": event.error if isinstance(event, Failed) else None,
-    }
+    """seeds/fooocusapi.md: the task object of /tasks/{task_id}, as the task stands after `event`."""
+    record = taskstate.apply(None, accepted)
+    if started_at is not None:
+        record = msgspec.structs.replace(record, status=TaskStatus.PROCESSING, started_at=started_at)
+    progress = event if isinstance(event, Progress) else None
+    if not isinstance(event, Progress):
+        record = taskstate.apply(record, event)
+    return fooocus_task.task_object(record, file_url, progress)
 
 
 RENDERERS = {"native": native, "fooocus": fooocus}
