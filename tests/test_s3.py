@@ -128,3 +128,18 @@ async def test_health_reports_s3_storage(s3_stack):
 async def test_storage_check_names_refused_credentials(s3_server):
     with pytest.raises(StorageError, match="refused the credentials"):
         await S3Storage(storage_config(s3_server, access_key="nobody")).check()
+
+
+async def test_deleting_a_task_deletes_its_objects(client, s3_server):
+    task, _ = await client.generate({"prompt": "x", "num_images": 2, "num_inference_steps": 2})
+    task_id = task["task_id"]
+
+    def listed() -> list[str]:
+        return [o.object_name for o in s3_server.client().list_objects(BUCKET, prefix=f"results/{task_id}/",
+                                                                       recursive=True)]
+
+    assert len(listed()) == 2
+    resp = await client.session.delete(f"{client.base_url}/api/v1/tasks/{task_id}", headers=client.headers())
+    assert resp.status in (200, 204), await resp.text()
+    assert listed() == []
+    assert (await asyncio.to_thread(fetch, task["result_urls"][0]))[0] == 404
