@@ -7,6 +7,8 @@ import io
 
 from PIL import Image
 
+from services import config
+
 from .conftest import decode_image, png_data_uri
 from .stack import ALICE, SDWM_SECRET
 
@@ -107,3 +109,14 @@ async def test_a_task_is_visible_in_every_dialect(client):
     state = await state_when_done(client, number)
     with Image.open(io.BytesIO(base64.b64decode(state["resultImages"][0]))) as img:
         assert img.size == (64, 64) and state["resultSeed"] == 4
+
+
+def test_the_originals_config_keys_work(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('{"webApiListenHost": "0.0.0.0", "webApiListenPort": 17059, "webApiSecret": "qwert12345",'
+                    ' "storageDBUrl": "sqlite::memory:"}')
+    loaded = config.load(path, environ={})
+    assert (loaded.api.host, loaded.api.port, loaded.sdwm.secret) == ("0.0.0.0", 17059, "qwert12345")
+    assert loaded.projector.db == ":memory:"
+    path.write_text('{"storageDBUrl": "sqlite:tasks-sdwm.db"}')
+    assert config.load(path, environ={}).projector.db == "tasks-sdwm.db"
