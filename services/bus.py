@@ -183,10 +183,15 @@ async def publish_event(js: JetStreamContext, event: TaskEvent, *qualifiers: obj
     )
 
 
-async def last_event(js: JetStreamContext, task_id: str, event: str) -> bytes | None:
-    """The stored payload of a task's last `event`, straight from the TASKS stream."""
+async def last_event_msg(js: JetStreamContext, task_id: str, event: str):
+    """The stored message of a task's last `event` (payload and stream sequence), from the TASKS stream."""
     try:
-        msg = await js.get_last_msg(subjects.TASKS, subjects.task_event(task_id, event))
+        return await js.get_last_msg(subjects.TASKS, subjects.task_event(task_id, event))
     except NotFoundError:
         return None
-    return msg.data
+
+
+async def last_event(js: JetStreamContext, task_id: str, event: str) -> bytes | None:
+    """The stored payload of a task's last `event`, straight from the TASKS stream."""
+    msg = await last_event_msg(js, task_id, event)
+    return None if msg is None else msg.data

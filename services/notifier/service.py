@@ -61,6 +61,7 @@ class Notifier:
         self.storage = store or storage.ObjectStoreStorage(self.js)
         self.slots = asyncio.Semaphore(config.notifier.max_in_flight)
         self.accepted: OrderedDict[str, Accepted | None] = OrderedDict()
+        self.numbers: dict[str, int | None] = {}
         self.progress_sent: dict[str, float] = {}
         self.tasks: set[asyncio.Task] = set()
 
@@ -108,10 +109,11 @@ class Notifier:
 
     async def _accepted(self, task_id: str) -> Accepted | None:
         if task_id not in self.accepted:
-            data = await bus.last_event(self.js, task_id, Accepted.name())
-            self.accepted[task_id] = None if data is None else decode(data, Accepted)
+            msg = await bus.last_event_msg(self.js, task_id, Accepted.name())
+            self.accepted[task_id] = None if msg is None else decode(msg.data, Accepted)
+            self.numbers[task_id] = None if msg is None else msg.seq  # the task's number (see taskstate)
             if len(self.accepted) > ACCEPTED_CACHE:
-                self.accepted.popitem(last=False)
+                self.numbers.pop(self.accepted.popitem(last=False)[0], None)
         return self.accepted[task_id]
 
     def file_url(self, key: str) -> str:
@@ -129,7 +131,8 @@ class Notifier:
             await msg.ack()
             return
         started_at = event.at if isinstance(event, Started) else await self._started_at(event.task_id)
-        body = payloads.render(accepted, event, self.file_url, started_at)
+        body = payloads.render(accepted, event, self.file_url, started_at,
+                               self.numbers.get(event.task_id))
         webhook_id = f"msg_{event.task_id}_{about.value}"
         attempt_no = msg.metadata.num_delivered
         attempt = await self._post(accepted, webhook_id, body)
@@ -184,7 +187,8 @@ class Notifier:
             return  # busy with terminal events: a progress update may be dropped, a result may not
         await self.slots.acquire()
         webhook_id = f"msg_{progress.task_id}_progress_{progress.tick}"
-        self._spawn(self._post_progress(accepted, webhook_id, payloads.render(accepted, progress, self.file_url)))
+        self._spawn(self._post_progress(accepted, webhook_id, payloads.render(accepted, progress, self.file_url,
+                                                                                  number=self.numbers.get(progress.task_id))))
 
     async def _post_progress(self, accepted: Accepted, webhook_id: str, body: dict) -> None:
         attempt = await self._post(accepted, webhook_id, body)
