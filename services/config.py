@@ -9,7 +9,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -98,6 +98,43 @@ class UpscalerConfig(_Section):
 
 class NatsConfig(_Section):
     url: str = "nats://127.0.0.1:4222"
+    servers: list[str] = []  # a cluster: several URLs (the client fails over between them); default [url]
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None  # a .creds file (JWT + nkey seed)
+    tls_ca: str | None = None  # CA bundle to verify the servers with (implies TLS)
+    tls_cert: str | None = None  # client certificate and key, when the servers ask for one
+    tls_key: str | None = None
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1  # of every stream and bucket: 3 in a cluster
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self.servers) or [self.url]
+
+
+class StorageConfig(_Section):
+    """Where images live: the JetStream object store (`nats`, nothing else to run) or S3 (`s3`)."""
+
+    backend: Literal["nats", "s3"] = "nats"
+    endpoint: str | None = None  # host:port, or a URL whose scheme sets `secure`
+    access_key: str | None = None
+    secret_key: str | None = None
+    bucket: str = "diffbus"  # created when missing
+    secure: bool = True  # https
+    region: str = "us-east-1"
+    public_base_url: str | None = None  # result URLs are <this>/<key> (a public bucket or CDN) ...
+    presign_ttl: Seconds = 7 * 86400  # ... else presigned GET URLs valid this many seconds (S3 allows 7 days)
+    # Presigned URLs name the host they were signed for: when clients reach the store at another
+    # address than the services do (http://minio:9000 inside compose), sign for this one.
+    public_endpoint: str | None = None
+
+
+class MetricsConfig(_Section):
+    """Prometheus: the API answers GET /metrics on its own port; other services on this port, when set."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
 
 
 class BatchingConfig(_Section):
@@ -148,12 +185,32 @@ class NotifierConfig(_Section):
 
 
 class ProjectorConfig(_Section):
-    db: str = "tasks.db"  # relative to data_dir
+    db: str = "tasks.db"  # relative to data_dir; ":memory:" rebuilds from the stream at every start
+
+
+class FooocusConfig(_Section):
+    """The FooocusAPI dialect (/v1/engine/generate/, /tasks)."""
+
+    # Fooocus styles: a JSON list of {name, prompt, negative_prompt}, `{prompt}` marking where the
+    # request's prompt goes. Default: the small set shipped in services/api/fooocus_styles.json.
+    styles_file: str | None = None
+    default_styles: list[str] = []  # applied when a request names none
+    upscaler: str | None = None  # for uov "Upscale (…)": default the first configured model, else Lanczos
+
+
+class SdWorkManagerConfig(_Section):
+    """The sd_work_manager dialect (/api/Task/*). Its one shared secret stands for one owner."""
+
+    secret: str | None = None  # X-API-SECRET (the original's webApiSecret); None: the dialect refuses all
+    owner: str = "sd-work-manager"  # whose tasks it submits and reads (an API key's name shares them)
+    error_http_status: bool = True  # 4xx/5xx on errors; False: always 200 with `code`, as the original
 
 
 class Config(_Section):
     data_dir: str = "data"
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     limits: Limits = msgspec.field(default_factory=Limits)
     defaults: Defaults = msgspec.field(default_factory=Defaults)
@@ -166,6 +223,8 @@ class Config(_Section):
     progress: ProgressConfig = msgspec.field(default_factory=ProgressConfig)
     notifier: NotifierConfig = msgspec.field(default_factory=NotifierConfig)
     client: ClientConfig = msgspec.field(default_factory=ClientConfig)
+    fooocus: FooocusConfig = msgspec.field(default_factory=FooocusConfig)
+    sdwm: SdWorkManagerConfig = msgspec.field(default_factory=SdWorkManagerConfig)
     tasks_max_age_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     source: str | None = None  # the file this config came from (set by load)
 
@@ -190,6 +249,11 @@ class Config(_Section):
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise msgspec.ValidationError(f"{network!r} is not a network - at `$.notifier.allowed_networks`") from None
+        if self.storage.backend == "s3" and not (self.storage.endpoint and self.storage.access_key
+                                                  and self.storage.secret_key):
+            raise msgspec.ValidationError("the s3 backend needs endpoint, access_key and secret_key - at `$.storage`")
+        if self.storage.presign_ttl > 7 * 86400:
+            raise msgspec.ValidationError("presign_ttl is at most 7 days (604800 s) - at `$.storage`")
         if self.progress.preview_format not in ("webp", "jpeg"):
             raise msgspec.ValidationError("preview_format must be webp or jpeg - at `$.progress`")
         if self.default_model is None:
@@ -265,6 +329,21 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _seed_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """sd_work_manager's own config keys, accepted so its config.yaml works as it is."""
+    raw = dict(raw)
+    for key, path in (("webApiListenHost", ["api", "host"]), ("webApiListenPort", ["api", "port"]),
+                      ("webApiSecret", ["sdwm", "secret"])):
+        if key in raw:
+            _set_path(raw, path, raw.pop(key))
+    if "storageDBUrl" in raw:  # sqlite::memory: or sqlite:<path>
+        url = str(raw.pop("storageDBUrl"))
+        if not url.startswith("sqlite:"):
+            raise ConfigError(f"storageDBUrl {url!r}: only sqlite: URLs are supported")
+        _set_path(raw, ["projector", "db"], url.removeprefix("sqlite:").removeprefix("//") or ":memory:")
+    return raw
+
+
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
          **overrides: Any) -> Config:
     """Build the Config from a YAML file (optional), DIFFBUS_* variables and keyword overrides."""
@@ -276,7 +355,7 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"cannot read config {path}: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    raw = _merge(raw, env_overrides(os.environ if environ is None else environ))
+    raw = _merge(_seed_keys(raw), env_overrides(os.environ if environ is None else environ))
     raw = _merge(raw, overrides)
     if path is not None:
         raw["source"] = str(path)

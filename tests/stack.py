@@ -16,6 +16,7 @@ ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789"
 ADMIN = "admin-key-0123456789"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SDWM_SECRET = "qwert12345"  # the seed document's webApiSecret
 
 
 class Stack:
@@ -40,6 +41,7 @@ class Stack:
                 {"name": "ESRGAN_4x", "path": str(upscalers / "esrgan-x4.pth")}],
             "upscaler": {"tile_size": 48, "tile_overlap": 8},  # small tiles: tiling runs in every test
             "progress": {"min_interval_s": 0, "preview_every": 2},  # every step, for exact assertions
+            "sdwm": {"secret": SDWM_SECRET, "owner": "alice"},  # sd_work_manager tasks are alice's
             "notifier": {"secret": WEBHOOK_SECRET, "allowed_networks": ["127.0.0.0/8"], "timeout_s": 1,
                          "retry_schedule_s": [0.3, 0.3, 0.3]},
         }
@@ -54,12 +56,12 @@ class Stack:
         self.nats.start()
         return self
 
-    def start(self, service: str, *args: str) -> subprocess.Popen:
+    def start(self, service: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path = self.root / f"{service}-{len(self.procs)}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", service, "--config", str(self.config_path), *args],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         proc.log_path = log_path
         self.procs.append(proc)
         return proc

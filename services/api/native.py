@@ -2,15 +2,16 @@
 
 import io
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
-
-import msgspec
 from typing import Literal
 
+import msgspec
 from aiohttp import web
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from schemas.events import TaskStatus, WebhookEvent
 from schemas.jobs import (
     LATENT_UPSCALER,
     SCHEDULERS,
@@ -18,20 +19,17 @@ from schemas.jobs import (
     Img2Img,
     Inpaint,
     InpaintFill,
-    OutputFormat,
     Outpaint,
+    OutputFormat,
     Txt2Img,
     Upscale,
 )
-from schemas.events import TaskStatus, WebhookEvent
 from schemas.queries import TaskRecord
-
 from services import imaging
 
-from . import live, validation
+from . import history, live, validation
 from .context import CTX
 from .errors import ApiError, invalid
-from .system import file_url
 
 DIALECT = "native"
 SEED_RANGE = 2**32
@@ -134,8 +132,8 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def task_view(record: TaskRecord, base_url: str) -> dict:
-    urls = [file_url(base_url, image.key) for image in record.images]
+def task_view(record: TaskRecord, file_url: Callable[[str], str]) -> dict:
+    urls = [file_url(image.key) for image in record.images]
     return {
         "task_id": record.task_id,
         "status": record.status.value,
@@ -167,10 +165,10 @@ async def _parse(request: web.Request, model: type[TaskRequest]):
 
 
 async def _submit(request: web.Request, spec, principal, req: TaskRequest) -> web.Response:
-    task_id = await request.app[CTX].tasks.submit(
+    record = await request.app[CTX].tasks.submit(
         spec, principal, dialect=DIALECT, callback_url=req.callback_url, webhook_events=req.webhook_events,
         idempotency_key=request.headers.get("Idempotency-Key"))
-    return web.json_response({"task_id": task_id, "status": "pending",
+    return web.json_response({"task_id": record.task_id, "status": "pending",
                               "message": "Task created; poll /api/v1/tasks/{task_id} for the result"})
 
 
@@ -246,6 +244,11 @@ def hires_fix(req: GenerateRequest, width: int, height: int, steps: int, config)
     return hires
 
 
+def default_upscaler(config) -> str:
+    """For dialects whose upscale names no upscaler: the first configured model, else Lanczos."""
+    return config.fooocus.upscaler or next((u.name for u in config.upscalers), "Lanczos")
+
+
 class UpscaleRequest(TaskRequest):
     image: str  # data URI
     scale: float = Field(2.0, ge=1)
@@ -318,21 +321,44 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.get(request.match_info["task_id"], _principal(request))
-    return web.json_response(task_view(record, ctx.base_url(request)))
+    return web.json_response(task_view(record, ctx.file_urls(request)))
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    """GET /api/v1/tasks?status=&page=&page_size=&start_at=&end_at=: the calling key's tasks, newest first."""
+    ctx = request.app[CTX]
+    principal = _principal(request)
+    statuses = []
+    for name in filter(None, request.query.get("status", "").split(",")):
+        try:
+            statuses.append(TaskStatus(name.strip()))
+        except ValueError:
+            raise history.query_error("status", f"one of {[s.value for s in TaskStatus]}") from None
+    query = history.task_list(request, principal, statuses)
+    page = await ctx.tasks.page(query)
+    file_url = ctx.file_urls(request)
+    return web.json_response({"tasks": [task_view(r, file_url) for r in page.tasks], "total": page.total,
+                              "page": query.offset // query.limit + 1, "page_size": query.limit})
+
+
+async def delete_task(request: web.Request) -> web.Response:
+    """DELETE /api/v1/tasks/{id}: the task and its result images; 409 until it has finished."""
+    await request.app[CTX].tasks.delete(request.match_info["task_id"], _principal(request))
+    return web.Response(status=204)
 
 
 async def cancel_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.cancel(request.match_info["task_id"], _principal(request))
-    view = task_view(record, ctx.base_url(request))
+    view = task_view(record, ctx.file_urls(request))
     view["message"] = ("Task cancelled" if record.status is TaskStatus.CANCELLED
                        else "Cancel requested; the task stops at its next step")
     return web.json_response(view)
 
 
 async def task_events(request: web.Request) -> web.StreamResponse:
-    base_url = request.app[CTX].base_url(request)
-    return await live.sse(request, _principal(request), lambda record: task_view(record, base_url))
+    file_url = request.app[CTX].file_urls(request)
+    return await live.sse(request, _principal(request), lambda record: task_view(record, file_url))
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -342,8 +368,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         request.query.get("api_key"))
     if principal is None:
         raise ApiError(401, "Invalid or missing API key")
-    base_url = ctx.base_url(request)
-    return await live.websocket(request, principal, lambda record: task_view(record, base_url))
+    file_url = ctx.file_urls(request)
+    return await live.websocket(request, principal, lambda record: task_view(record, file_url))
 
 
 def register(app: web.Application) -> None:
@@ -351,7 +377,9 @@ def register(app: web.Application) -> None:
     app.router.add_post("/api/v1/upscale", upscale)
     app.router.add_post("/api/v1/png-info", png_info)
     app.router.add_get("/api/v1/models", list_models)
+    app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_delete("/api/v1/tasks/{task_id}", delete_task)
     app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel_task)
     app.router.add_get("/api/v1/tasks/{task_id}/events", task_events)
     app.router.add_get("/api/v1/ws", websocket)

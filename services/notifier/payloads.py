@@ -1,5 +1,7 @@
 """Webhook bodies in each dialect's own shape."""
 
+import msgspec
+
 from schemas.events import (
     Accepted,
     Cancelled,
@@ -7,20 +9,23 @@ from schemas.events import (
     Failed,
     Progress,
     Started,
+    TaskStatus,
     WebhookEvent,
 )
+from services import fooocus_task, taskstate
+from services.storage import FileUrl
 
 
-def file_urls(base_url: str, event) -> list[str]:
-    return [f"{base_url}/files/{image.key}" for image in getattr(event, "images", [])]
+def file_urls(file_url: FileUrl, event) -> list[str]:
+    return [file_url(image.key) for image in getattr(event, "images", [])]
 
 
-def native(accepted: Accepted, event, base_url: str, started_at: float | None) -> dict:
+def native(accepted: Accepted, event, file_url: FileUrl, started_at: float | None, number: int | None) -> dict:
     """seeds/sd_model_api.md: {task_id, status, image_url | image_urls | error_message}."""
     body: dict = {"task_id": accepted.task_id, "event": about(event).value}
     match event:
         case Completed():
-            urls = file_urls(base_url, event)
+            urls = file_urls(file_url, event)
             body["status"] = "completed"
             body.update({"image_url": urls[0]} if len(urls) == 1 else {"image_urls": urls})
         case Failed():
@@ -35,28 +40,15 @@ def native(accepted: Accepted, event, base_url: str, started_at: float | None) -
     return body
 
 
-FOOOCUS_STATUS = {Completed: "finished", Failed: "failed", Cancelled: "canceled", Started: "running",
-                  Progress: "running"}
-
-
-def fooocus(accepted: Accepted, event, base_url: str, started_at: float | None) -> dict:
-    """seeds/fooocusapi.md: the task object of /tasks/{task_id}."""
-    finished = isinstance(event, (Completed, Failed, Cancelled))
-    progress = 100 if isinstance(event, Completed) else round(100 * getattr(event, "fraction", 0))
-    return {
-        "id": -1,
-        "task_id": accepted.task_id,
-        "req_params": {},
-        "in_queue_mills": round(accepted.at * 1000),
-        "start_mills": None if started_at is None else round(started_at * 1000),
-        "finish_mills": round(event.at * 1000) if finished else -1,
-        "task_status": FOOOCUS_STATUS[type(event)],
-        "progress": progress,
-        "preview": "",
-        "webhook_url": accepted.callback_url,
-        "result": file_urls(base_url, event),
-        "error_message": event.error if isinstance(event, Failed) else None,
-    }
+def fooocus(accepted: Accepted, event, file_url: FileUrl, started_at: float | None, number: int | None) -> dict:
+    """seeds/fooocusapi.md: the task object of /tasks/{task_id}, as the task stands after `event`."""
+    record = taskstate.apply(None, accepted, number)
+    if started_at is not None:
+        record = msgspec.structs.replace(record, status=TaskStatus.PROCESSING, started_at=started_at)
+    progress = event if isinstance(event, Progress) else None
+    if not isinstance(event, Progress):
+        record = taskstate.apply(record, event)
+    return fooocus_task.task_object(record, file_url, progress)
 
 
 RENDERERS = {"native": native, "fooocus": fooocus}
@@ -66,5 +58,7 @@ def about(event) -> WebhookEvent:
     return WebhookEvent.PROGRESS if isinstance(event, Progress) else WebhookEvent(event.name())
 
 
-def render(accepted: Accepted, event, base_url: str, started_at: float | None = None) -> dict:
-    return RENDERERS.get(accepted.dialect, native)(accepted, event, base_url, started_at)
+def render(accepted: Accepted, event, file_url: FileUrl, started_at: float | None = None,
+           number: int | None = None) -> dict:
+    """`number`: the task's number (the stream sequence of its `accepted`), Fooocus's `id`."""
+    return RENDERERS.get(accepted.dialect, native)(accepted, event, file_url, started_at, number)
