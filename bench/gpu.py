@@ -76,7 +76,7 @@ def build_sd15(path: Path) -> Path:
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-    pipe.to(torch.float16).save_pretrained(path)
+    pipe.to(torch.float16).to("cpu").save_pretrained(path)
     return path
 
 
@@ -87,7 +87,7 @@ def plain_loop(model: Path, images: int, size: int, steps: int) -> dict:
     from diffusers import StableDiffusionPipeline
 
     cuda = torch.cuda.is_available()
-    pipe = StableDiffusionPipeline.from_pretrained(model, torch_dtype=torch.float16 if cuda else torch.float32,
+    pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float16 if cuda else torch.float32,
                                                    safety_checker=None, requires_safety_checker=False)
     pipe.to("cuda" if cuda else "cpu")
     pipe.set_progress_bar_config(disable=True)
