@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    host = machine()  # before the run: its load average says what else the machine was doing
     body = {"prompt": "a lighthouse at dusk", "width": args.size, "height": args.size,
             "num_inference_steps": args.steps}
     modes = {"off": {"enabled": False}, "on": {"enabled": True, "max_images": args.jobs}}
@@ -80,7 +81,7 @@ def main() -> None:
                 for mode, stack in up.items():
                     print(f"round {n + 1}: batching {mode}", flush=True)
                     runs[mode].append(asyncio.run(one_round(stack.base, stack.nats_url, args.jobs, body, 1000 * n)))
-    result = {"benchmark": "batching", "machine": machine(), "jobs": args.jobs, "request": body,
+    result = {"benchmark": "batching", "machine": host, "jobs": args.jobs, "request": body,
               "rounds": args.rounds, **{mode: summarize(r) for mode, r in runs.items()}}
     off, on = result["off"], result["on"]
     result["ratio_on_over_off"] = {

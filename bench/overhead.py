@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
+    host = machine()  # before the run: its load average says what else the machine was doing
     body = {"prompt": "a lighthouse at dusk", "width": args.size, "height": args.size,
             "num_inference_steps": args.steps, "seed": 42}
     with tempfile.TemporaryDirectory(prefix="diffbus-bench-") as d:
@@ -83,7 +84,7 @@ def main() -> None:
             d_wall, d_cpu, e_wall, e_cpus = asyncio.run(interleaved(direct, stack.base, body, args.runs,
                                                                     stack.proc.pid))
     result = {
-        "benchmark": "overhead", "machine": machine(), "request": body, "runs": args.runs,
+        "benchmark": "overhead", "machine": host, "request": body, "runs": args.runs,
         "direct": {"median_s": statistics.median(d_wall), "p95_s": percentile(d_wall, 95),
                    "cpu_s": statistics.median(d_cpu)},
         "e2e": {"median_s": statistics.median(e_wall), "p95_s": percentile(e_wall, 95),
