@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 STAMP := $(VENV)/.installed
+WEB_ASSETS := services/api/static/vendor/VERSIONS
 
-.PHONY: run test install clean
+.PHONY: run test install clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,13 +17,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --no-deps spandrel
 	touch $@
 
-install: $(STAMP)
+# Swagger UI and ReDoc from the npm registry (no CDN at run time): see tools/web-assets.sh
+$(WEB_ASSETS): tools/web-assets.sh
+	tools/web-assets.sh services/api/static/vendor
 
-run: $(STAMP)
+# Debian's Chromium for the web-page tests; without it (not root, no apt) those tests are skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium: the web-page tests will be skipped"; \
+	  else echo "note: no chromium (needs root and apt-get): the web-page tests will be skipped"; fi; }
+
+install: $(STAMP) $(WEB_ASSETS) browser
+
+run: $(STAMP) $(WEB_ASSETS)
 	$(BIN)/diffbus up $(if $(CONFIG),--config $(CONFIG))
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data services/api/static/vendor

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from . import a1111, errors, native, system
+from . import a1111, docs, errors, native, system
 from .context import CTX, ApiContext
 
 
@@ -13,4 +13,5 @@ def create_app(ctx: ApiContext) -> web.Application:
     app[errors.RENDERERS] = []
     for dialect in (system, native, a1111):
         dialect.register(app)
+    docs.register(app)  # after the dialects: it describes the routes they registered
     return app

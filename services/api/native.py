@@ -23,18 +23,20 @@ from schemas.jobs import (
     Txt2Img,
     Upscale,
 )
-from schemas.events import TaskStatus, WebhookEvent
-from schemas.queries import TaskRecord
+from schemas.events import Progress, TaskStatus, WebhookEvent
+from schemas.queries import TaskRecord, WebhookState
 
 from services import imaging
 
-from . import live, validation
+from . import apidoc, live, seed_examples, validation
 from .context import CTX
-from .errors import ApiError, invalid
+from .errors import ApiError, FastApiError, invalid
 from .system import file_url
 
 DIALECT = "native"
 SEED_RANGE = 2**32
+DOCS = apidoc.Docs(DIALECT, "The native API of the seed sd_model_api.md: asynchronous tasks, polling, webhooks, "
+                   "live progress.", error_model=FastApiError, schemas=(Progress,))
 
 
 # Fields bounded by a configured limit (services.config.Limits), beyond their static range.
@@ -148,6 +150,55 @@ def task_view(record: TaskRecord, base_url: str) -> dict:
     }
 
 
+class TaskCreated(msgspec.Struct):
+    task_id: str
+    status: Literal["pending"]
+    message: str
+
+
+class TaskView(msgspec.Struct):
+    """A task as GET /api/v1/tasks/{task_id} shows it (task_view)."""
+
+    task_id: str
+    status: TaskStatus
+    result_url: str | None  # one image
+    result_urls: list[str] | None  # several images
+    error_message: str | None
+    created_at: str  # ISO 8601, UTC
+    updated_at: str
+    webhook: WebhookState | msgspec.UnsetType = msgspec.UNSET  # only for tasks with a callback_url
+
+
+class CancelView(TaskView):
+    message: str = ""
+
+
+class ModelView(msgspec.Struct):
+    name: str
+    loaded: bool  # a live worker holds it loaded
+    workers: int  # live workers serving it
+    width: int
+    height: int
+
+
+class ModelList(msgspec.Struct):
+    default: str
+    models: list[ModelView]
+
+
+class PngInfo(msgspec.Struct):
+    info: str  # the `parameters` text, A1111's format
+    parameters: dict  # the same, parsed
+    items: dict[str, str]  # other text chunks
+
+
+SSE_EVENTS = {"type": "string", "description": (
+    "Server-Sent Events: `state` (the task, as GET /api/v1/tasks/{task_id}), then `progress` (the Progress "
+    "schema: step, total_steps, fraction, eta_s, preview; while pending, queue_position), then one of "
+    "`completed` / `failed` / `cancelled` (the task), then the stream ends.")}
+ID_PARAMS = (apidoc.Param("Idempotency-Key", "header", description="the same key returns the same task"),)
+
+
 def _principal(request: web.Request):
     ctx = request.app[CTX]
     principal = ctx.authenticate(request, ctx.config.api.key_header)
@@ -178,6 +229,12 @@ def _output_format(value: str) -> OutputFormat:
     return OutputFormat.JPEG if value == "jpg" else OutputFormat(value)
 
 
+@DOCS.route("POST", "/api/v1/generate", "Generate images (txt2img, img2img, inpaint, outpaint, hires fix)",
+            body=GenerateRequest, response=TaskCreated, errors=(401, 413, 422), params=ID_PARAMS,
+            examples=seed_examples.NATIVE_GENERATE, description=(
+                "A task is queued and its id returned at once. No init_image: txt2img; init_image (a data URI): "
+                "img2img; with mask_image: inpaint; with outpaint: outpaint. Poll GET /api/v1/tasks/{task_id}, "
+                "follow it live, or pass callback_url."))
 async def generate(request: web.Request) -> web.Response:
     principal, req = await _parse(request, GenerateRequest)
     return await _submit(request, await build_spec(request.app[CTX], req), principal, req)
@@ -264,6 +321,8 @@ class UpscaleRequest(TaskRequest):
         return validation.check_at_most(value, info.context, "max_upscale_scale")
 
 
+@DOCS.route("POST", "/api/v1/upscale", "Upscale an image", body=UpscaleRequest, response=TaskCreated,
+            errors=(401, 413, 422), params=ID_PARAMS, examples=seed_examples.NATIVE_UPSCALE)
 async def upscale(request: web.Request) -> web.Response:
     """POST /api/v1/upscale: a task like any other; the result has round(w·scale)×round(h·scale) pixels."""
     ctx = request.app[CTX]
@@ -286,6 +345,8 @@ class PngInfoRequest(BaseModel):
     image: str  # data URI or base64
 
 
+@DOCS.route("POST", "/api/v1/png-info", "Read the generation parameters an image carries", body=PngInfoRequest,
+            response=PngInfo, errors=(401, 422), examples=seed_examples.PNG_INFO)
 async def png_info(request: web.Request) -> web.Response:
     """POST /api/v1/png-info: the generation parameters an image carries."""
     _principal(request)
@@ -304,6 +365,7 @@ async def png_info_body(request: web.Request) -> web.Response:
                               "items": items})
 
 
+@DOCS.route("GET", "/api/v1/models", "List the configured models", response=ModelList, errors=(401,))
 async def list_models(request: web.Request) -> web.Response:
     """GET /api/v1/models: the configured models, and which live workers hold them loaded."""
     ctx = request.app[CTX]
@@ -315,12 +377,17 @@ async def list_models(request: web.Request) -> web.Response:
         for m in ctx.config.models]})
 
 
+@DOCS.route("GET", "/api/v1/tasks/{task_id}", "A task's status and results", response=TaskView, errors=(401, 404),
+            description="status pending/processing/completed/failed/cancelled; result_url for one image, "
+                        "result_urls for several.")
 async def get_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.get(request.match_info["task_id"], _principal(request))
     return web.json_response(task_view(record, ctx.base_url(request)))
 
 
+@DOCS.route("POST", "/api/v1/tasks/{task_id}/cancel", "Cancel a task", response=CancelView, errors=(401, 404, 409),
+            description="A pending task never starts; a running one stops within a step and ends cancelled.")
 async def cancel_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.cancel(request.match_info["task_id"], _principal(request))
@@ -330,11 +397,20 @@ async def cancel_task(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
+@DOCS.route("GET", "/api/v1/tasks/{task_id}/events", "Follow a task live (Server-Sent Events)", response=SSE_EVENTS,
+            media_type="text/event-stream", errors=(401, 404),
+            params=(apidoc.Param("Last-Event-ID", "header", description="resume after this event"),))
 async def task_events(request: web.Request) -> web.StreamResponse:
     base_url = request.app[CTX].base_url(request)
     return await live.sse(request, _principal(request), lambda record: task_view(record, base_url))
 
 
+@DOCS.route("GET", "/api/v1/ws", "Follow tasks live (WebSocket)", security=("ApiKey", "ApiKeyQuery"), errors=(401,),
+            status=101, description=(
+                "Upgrade to a WebSocket; send {\"subscribe\": [\"<task_id>\", ...]} or {\"subscribe\": \"all\"} "
+                "(this key's new tasks), optionally \"previews\": false; receive {event, task_id, id, data} with "
+                "the events of GET /api/v1/tasks/{task_id}/events (progress data: the Progress schema). The key "
+                "may come as ?api_key=, since browsers cannot set headers on a WebSocket."))
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Browsers cannot set headers on a WebSocket: the key may come as ?api_key= too."""
     ctx = request.app[CTX]
