@@ -1,0 +1,192 @@
+"""What the API says about itself: /openapi.json against the router and the live server, /docs and
+/redoc from installed assets, /asyncapi.json against schemas/subjects.py."""
+
+import base64
+import inspect
+import json
+from unittest import mock
+
+import jsonschema
+import pytest
+from openapi_spec_validator import validate
+
+from schemas import subjects
+from services.api import apidoc, asyncapi
+from services.api.app import create_app
+from services.api.context import ApiContext
+from services.config import load
+
+from .stack import ALICE
+
+SENDS_CREDENTIALS = {
+    "ApiKey": lambda: {"X-API-Key": ALICE},
+    "HTTPBasic": lambda: {"Authorization": "Basic " + base64.b64encode(f"user:{ALICE}".encode()).decode()},
+    "ApiSecret": lambda: {"X-API-SECRET": ALICE},
+}
+
+
+async def get_json(client, path: str) -> dict:
+    async with client.session.get(client.base_url + path) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+def app_routes(stack) -> set[tuple[str, str]]:
+    """(method, path) of every route the API registers, from an app built like the server's."""
+    ctx = ApiContext(config=load(stack.config_path), keyring=mock.MagicMock(), tasks=mock.MagicMock(),
+                     workers=mock.MagicMock(), loras=mock.MagicMock())
+    return {(method, path) for method, path, _ in apidoc.routes(create_app(ctx))}
+
+
+def response_schema(doc: dict, method: str, path: str, status: str = "200") -> dict | None:
+    content = doc["paths"][path][method.lower()]["responses"][status].get("content", {})
+    media = content.get("application/json")
+    return None if media is None else {**media["schema"], "components": doc["components"]}
+
+
+def conforms(doc: dict, method: str, path: str, body, status: str = "200") -> None:
+    schema = response_schema(doc, method, path, status)
+    if schema is not None:
+        jsonschema.validate(body, schema, cls=jsonschema.Draft202012Validator)
+
+
+def credentials(operation: dict) -> dict:
+    schemes = [name for requirement in operation["security"] for name in requirement]
+    usable = [s for s in schemes if s in SENDS_CREDENTIALS]
+    assert usable or not schemes, f"the test knows no way to send {schemes}"
+    return SENDS_CREDENTIALS[usable[0]]() if usable else {}
+
+
+async def test_openapi_json_is_valid_openapi_3_1(client):
+    doc = await get_json(client, "/openapi.json")
+    assert doc["openapi"] == "3.1.0"
+    validate(doc)
+    assert doc["servers"] == [{"url": client.base_url}]
+    assert doc["components"]["securitySchemes"]["ApiKey"] == {
+        "type": "apiKey", "in": "header", "name": "X-API-Key",
+        "description": doc["components"]["securitySchemes"]["ApiKey"]["description"]}
+
+
+async def test_every_route_of_the_app_is_in_openapi_json(client, stack):
+    doc = await get_json(client, "/openapi.json")
+    documented = {(method.upper(), path) for path, item in doc["paths"].items() for method in item}
+    missing = app_routes(stack) - documented
+    assert not missing, f"routes with no OpenAPI declaration (add DOCS.route(...) beside the handler): {missing}"
+    assert documented <= app_routes(stack)
+
+
+async def test_the_generate_request_schema_is_the_model_the_handler_validates_with(client):
+    doc = await get_json(client, "/openapi.json")
+    generate = doc["paths"]["/api/v1/generate"]["post"]
+    assert generate["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/GenerateRequest"}
+    fields = doc["components"]["schemas"]["GenerateRequest"]
+    assert fields["required"] == ["prompt"]
+    assert fields["properties"]["num_images"]["maximum"] == 10
+    assert set(generate["responses"]) >= {"200", "401", "422"}
+    error = doc["paths"]["/sdapi/v1/txt2img"]["post"]["responses"]["422"]["content"]["application/json"]
+    assert error["schema"] == {"$ref": "#/components/schemas/A1111Error"}
+    assert {"ApiKey": []} in doc["paths"]["/sdapi/v1/txt2img"]["post"]["security"]
+    assert {"HTTPBasic": []} in doc["paths"]["/sdapi/v1/txt2img"]["post"]["security"]
+
+
+async def test_every_documented_example_is_accepted_by_the_live_server(client):
+    doc = await get_json(client, "/openapi.json")
+    sent, created = [], []
+    try:
+        for path, item in doc["paths"].items():
+            for method, operation in item.items():
+                examples = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+                for name, example in examples.get("examples", {}).items():
+                    async with client.session.request(method, client.base_url + path, json=example["value"],
+                                                      headers=credentials(operation)) as resp:
+                        body = await resp.json()
+                        assert 200 <= resp.status < 300, f"{method} {path} example {name!r}: {resp.status} {body}"
+                    conforms(doc, method, path, body)
+                    if isinstance(body, dict) and body.get("status") == "pending":
+                        created.append(body["task_id"])
+                    sent.append((path, name))
+    finally:
+        for task_id in created:  # leave the shared worker free for the next tests
+            await client.session.post(f"{client.base_url}/api/v1/tasks/{task_id}/cancel", headers=client.headers())
+    assert {path for path, _ in sent} >= {"/api/v1/generate", "/sdapi/v1/txt2img", "/sdapi/v1/options"}
+    assert len(sent) >= 10
+
+
+async def test_replies_have_the_documented_shapes(client):
+    doc = await get_json(client, "/openapi.json")
+    task, _ = await client.generate({"prompt": "a shape check", "num_inference_steps": 2, "seed": 1})
+    done = await (await client.task(task["task_id"])).json()
+    conforms(doc, "GET", "/api/v1/tasks/{task_id}", done)
+    for path, item in doc["paths"].items():
+        operation = item.get("get")
+        if operation is None or "{" in path or path in ("/api/v1/ws",):
+            continue
+        if "application/json" not in json.dumps(operation["responses"]["200"].get("content", {})):
+            continue
+        async with client.session.get(client.base_url + path, headers=credentials(operation)) as resp:
+            assert resp.status == 200, (path, await resp.text())
+            conforms(doc, "GET", path, await resp.json())
+    async with client.session.get(f"{client.base_url}/api/v1/tasks/nope", headers=client.headers()) as resp:
+        assert resp.status == 404
+        conforms(doc, "GET", "/api/v1/tasks/{task_id}", await resp.json(), "404")
+
+
+@pytest.mark.parametrize("page, asset", [("/docs", "static/vendor/swagger-ui/swagger-ui-bundle.js"),
+                                         ("/redoc", "static/vendor/redoc/redoc.standalone.js")])
+async def test_docs_pages_are_served_with_their_assets_from_this_server(client, page, asset):
+    async with client.session.get(client.base_url + page) as resp:
+        assert resp.status == 200, "run `make install`: it fetches Swagger UI and ReDoc"
+        html = await resp.text()
+    assert asset in html and "http" not in html.replace("http-equiv", "")  # nothing from a CDN
+    async with client.session.get(f"{client.base_url}/{asset}") as resp:
+        assert resp.status == 200
+        assert len(await resp.read()) > 100_000
+
+
+async def test_asyncapi_json_names_every_subject_of_schemas_subjects(client):
+    doc = await get_json(client, "/asyncapi.json")
+    assert doc["asyncapi"] == "3.0.0"
+    text = json.dumps(doc)
+    for name, value in asyncapi.constants().items():
+        assert json.dumps(value) in text, f"subjects.{name} = {value!r} is not in asyncapi.json"
+    addresses = {channel["address"] for channel in doc["channels"].values()}
+    documented = {getattr(c.address, "__name__", None) for c in asyncapi.CHANNELS} | set(asyncapi.NOT_CHANNELS)
+    for name, fn in inspect.getmembers(subjects, inspect.isfunction):
+        if fn.__module__ != subjects.__name__ or name.startswith("_"):
+            continue
+        assert name in documented, f"subjects.{name} is neither a channel nor in asyncapi.NOT_CHANNELS"
+    for channel in asyncapi.CHANNELS:
+        assert asyncapi.template(channel.address) in addresses
+    assert {"tasks.{task_id}.{event}", "progress.{task_id}", "jobs.generate.{priority}.{model}"} <= addresses
+
+
+async def test_asyncapi_messages_carry_their_streams_and_schemas(client):
+    doc = await get_json(client, "/asyncapi.json")
+    channels = {c["address"]: c for c in doc["channels"].values()}
+    tasks = channels["tasks.{task_id}.{event}"]
+    assert tasks["x-stream"]["name"] == subjects.TASKS and tasks["x-stream"]["retention"] == "limits"
+    assert set(tasks["parameters"]["event"]["enum"]) >= {"accepted", "started", "completed", "failed", "cancelled"}
+    assert channels["progress.{task_id}"]["x-stream"]["max_msgs_per_subject"] == 1
+    assert channels["jobs.upscale.{priority}"]["x-stream"]["retention"] == "workqueue"
+    schemas = doc["components"]["schemas"]
+    for channel in doc["channels"].values():
+        for message in channel["messages"].values():
+            ref = message["payload"].get("$ref")
+            assert ref is None or ref.split("/")[-1] in schemas
+    progress = schemas["Progress"]["properties"]
+    assert {"step", "total_steps", "fraction", "eta_s", "preview"} <= set(progress)
+    for operation in doc["operations"].values():
+        assert operation["channel"]["$ref"].split("/")[-1] in doc["channels"]
+    # a real message on the wire matches its documented schema
+    accepted = {"event": "accepted", "task_id": "t1", "at": 1.0, "owner": "alice", "spec": {
+        "kind": "txt2img", "model": "demo", "prompt": "p", "width": 64, "height": 64, "steps": 2,
+        "guidance_scale": 7.5, "seed": 1}}
+    jsonschema.validate(accepted, {**tasks["messages"]["accepted"]["payload"], "components": doc["components"]},
+                        cls=jsonschema.Draft202012Validator)
+
+
+def test_subject_templates_come_from_the_subject_functions():
+    assert asyncapi.template(subjects.task_event) == "tasks.{task_id}.{event}"
+    assert asyncapi.template(subjects.gpu_durable) == "gpu-{model}-{priority}"
+    assert asyncapi.template(subjects.TASK_GET) == "query.tasks.get"
