@@ -1,9 +1,14 @@
 """What the API says about itself: /openapi.json against the router and the live server, /docs and
 /redoc from installed assets, /asyncapi.json against schemas/subjects.py."""
 
+import asyncio
 import base64
 import inspect
 import json
+import os
+import re
+import sys
+from pathlib import Path
 from unittest import mock
 
 import jsonschema
@@ -190,3 +195,33 @@ def test_subject_templates_come_from_the_subject_functions():
     assert asyncapi.template(subjects.task_event) == "tasks.{task_id}.{event}"
     assert asyncapi.template(subjects.gpu_durable) == "gpu-{model}-{priority}"
     assert asyncapi.template(subjects.TASK_GET) == "query.tasks.get"
+
+
+def doc_scripts() -> dict[str, str]:
+    """The Python examples of docs/subscribing.md, by the file name each one's first line gives."""
+    text = (Path(__file__).parent.parent / "docs" / "subscribing.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    return {re.match(r"# (\S+\.py)", b).group(1): b for b in blocks if re.match(r"# \S+\.py", b)}
+
+
+async def run_script(code: str, stack, tmp_path, *args: str) -> str:
+    path = tmp_path / "script.py"
+    path.write_text(code)
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(path), *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT,
+                                                env={**os.environ, "NATS_URL": stack.nats_url})
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+async def test_subscribing_md_examples_follow_a_task_and_audit_the_stream(client, stack, tmp_path):
+    scripts = doc_scripts()
+    assert set(scripts) == {"follow.py", "audit.py"}
+    task_id = await client.submit({"prompt": "followed", "num_inference_steps": 6, "seed": 3})
+    followed = await run_script(scripts["follow.py"], stack, tmp_path, task_id)
+    assert "step 6/6: 100%" in followed and "event: accepted" in followed
+    assert "event: completed" in followed and "seed 3" in followed
+    audit = await run_script(scripts["audit.py"], stack, tmp_path)
+    line = next(line for line in audit.splitlines() if line.startswith(task_id))
+    assert " alice txt2img demo completed by " in line and "events=accepted,started,completed" in line
