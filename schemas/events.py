@@ -58,6 +58,7 @@ class Accepted(TaskEvent, kw_only=True, tag="accepted"):
     dialect: str = "native"
     callback_url: str | None = None
     webhook_events: list[WebhookEvent] = msgspec.field(default_factory=lambda: list(TERMINAL_WEBHOOK_EVENTS))
+    request: dict | None = None  # the dialect's request as the client sent it, input images as URLs
 
 
 class CancelRequested(TaskEvent, kw_only=True, tag="cancel_requested"):
@@ -87,6 +88,12 @@ class Cancelled(TaskEvent, kw_only=True, tag="cancelled"):
     worker: str | None = None
 
 
+class Deleted(TaskEvent, kw_only=True, tag="deleted"):
+    """The task and its result images are gone; replays and rebuilt projections skip it."""
+
+    by: str
+
+
 class WebhookAttempt(TaskEvent, kw_only=True, tag="webhook_attempt"):
     """One POST to the task's webhook (recorded by the notifier)."""
 
@@ -111,7 +118,7 @@ class WebhookFailed(TaskEvent, kw_only=True, tag="webhook_failed"):
     error: str
 
 
-AnyTaskEvent = (Accepted | CancelRequested | Started | Completed | Failed | Cancelled
+AnyTaskEvent = (Accepted | CancelRequested | Started | Completed | Failed | Cancelled | Deleted
                 | WebhookAttempt | WebhookDelivered | WebhookFailed)
 WEBHOOK_RECORDS = (WebhookAttempt, WebhookDelivered, WebhookFailed)
 

@@ -58,14 +58,16 @@ class GenerationSpec(msgspec.Struct, kw_only=True, tag_field="kind"):
     guidance_scale: float
     scheduler: str | None = None  # None: the model's own scheduler
     scheduler_options: dict[str, bool | str] = {}  # e.g. use_karras_sigmas, algorithm_type
-    seed: int  # image i uses seed + i
+    seed: int  # image i uses seed + i (unless seed_increment is off)
     output_format: OutputFormat = OutputFormat.PNG
     quality: int = 95  # JPEG and WebP
     loras: list[LoraRef] = []
+    seed_increment: bool = True  # False: every image uses `seed` (Fooocus's disable_seed_increment)
+    metadata: str | None = "a1111"  # parameters written into each image: a1111 | fooocus | None
 
     @property
     def seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.num_images)]
+        return [self.seed + i * self.seed_increment for i in range(self.num_images)]
 
 
 LATENT_UPSCALER = "Latent"  # hires fix by upscaling latents inside the gpu worker
@@ -90,6 +92,8 @@ class Txt2Img(GenerationSpec, tag="txt2img"):
 class Img2Img(GenerationSpec, tag="img2img"):
     init_image: str  # storage key
     strength: float
+    # sd_work_manager's several initial images (same size): one image from each, num_images in all
+    more_init_images: list[str] = []
 
 
 class Outpaint(msgspec.Struct, frozen=True):

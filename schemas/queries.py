@@ -21,11 +21,13 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     """One task as the projector holds it: the fold of its events."""
 
     task_id: str
+    number: int | None = None  # TASKS stream sequence of `accepted`: the task's numeric id
     owner: str
     status: TaskStatus
     spec: JobSpec
     priority: Priority
     dialect: str
+    request: dict | None = None  # the dialect's request as sent (see events.Accepted.request)
     callback_url: str | None = None
     images: list[ImageResult] = []
     error_message: str | None = None
@@ -40,7 +42,27 @@ class TaskRecord(msgspec.Struct, kw_only=True):
 
 
 class TaskGet(msgspec.Struct, kw_only=True):
-    task_id: str
+    task_id: str | None = None
+    number: int | None = None  # or by numeric id
+    schema_version: int = SCHEMA_VERSION
+
+
+class TaskList(msgspec.Struct, kw_only=True):
+    """One page of an owner's tasks, newest first, optionally by status and creation time."""
+
+    owner: str
+    statuses: list[TaskStatus] = []  # empty: any
+    created_from: float | None = None  # unix seconds, inclusive
+    created_to: float | None = None  # exclusive
+    offset: int = 0
+    limit: int = 20
+    oldest_first: bool = False
+    schema_version: int = SCHEMA_VERSION
+
+
+class TaskPage(msgspec.Struct, kw_only=True):
+    tasks: list[TaskRecord]
+    total: int  # matching tasks on every page
     schema_version: int = SCHEMA_VERSION
 
 

@@ -24,6 +24,7 @@ NOTIFIER_QUEUE = "notifier"  # core queue group sharing progress webhooks betwee
 
 # Request/reply
 TASK_GET = "query.tasks.get"
+TASK_LIST = "query.tasks.list"
 PROJECTOR_QUEUE = "projector"
 
 _TOKEN_RE = re.compile(r"[^a-z0-9_-]")

@@ -147,7 +147,25 @@ class NotifierConfig(_Section):
 
 
 class ProjectorConfig(_Section):
-    db: str = "tasks.db"  # relative to data_dir
+    db: str = "tasks.db"  # relative to data_dir; ":memory:" rebuilds from the stream at every start
+
+
+class FooocusConfig(_Section):
+    """The FooocusAPI dialect (/v1/engine/generate/, /tasks)."""
+
+    # Fooocus styles: a JSON list of {name, prompt, negative_prompt}, `{prompt}` marking where the
+    # request's prompt goes. Default: the small set shipped in services/api/fooocus_styles.json.
+    styles_file: str | None = None
+    default_styles: list[str] = []  # applied when a request names none
+    upscaler: str | None = None  # for uov "Upscale (…)": default the first configured model, else Lanczos
+
+
+class SdWorkManagerConfig(_Section):
+    """The sd_work_manager dialect (/api/Task/*). Its one shared secret stands for one owner."""
+
+    secret: str | None = None  # X-API-SECRET (the original's webApiSecret); None: the dialect refuses all
+    owner: str = "sd-work-manager"  # whose tasks it submits and reads (an API key's name shares them)
+    error_http_status: bool = True  # 4xx/5xx on errors; False: always 200 with `code`, as the original
 
 
 class Config(_Section):
@@ -165,6 +183,8 @@ class Config(_Section):
     progress: ProgressConfig = msgspec.field(default_factory=ProgressConfig)
     notifier: NotifierConfig = msgspec.field(default_factory=NotifierConfig)
     client: ClientConfig = msgspec.field(default_factory=ClientConfig)
+    fooocus: FooocusConfig = msgspec.field(default_factory=FooocusConfig)
+    sdwm: SdWorkManagerConfig = msgspec.field(default_factory=SdWorkManagerConfig)
     tasks_max_age_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     source: str | None = None  # the file this config came from (set by load)
 
@@ -264,6 +284,21 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _seed_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """sd_work_manager's own config keys, accepted so its config.yaml works as it is."""
+    raw = dict(raw)
+    for key, path in (("webApiListenHost", ["api", "host"]), ("webApiListenPort", ["api", "port"]),
+                      ("webApiSecret", ["sdwm", "secret"])):
+        if key in raw:
+            _set_path(raw, path, raw.pop(key))
+    if "storageDBUrl" in raw:  # sqlite::memory: or sqlite:<path>
+        url = str(raw.pop("storageDBUrl"))
+        if not url.startswith("sqlite:"):
+            raise ConfigError(f"storageDBUrl {url!r}: only sqlite: URLs are supported")
+        _set_path(raw, ["projector", "db"], url.removeprefix("sqlite:").removeprefix("//") or ":memory:")
+    return raw
+
+
 def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
          **overrides: Any) -> Config:
     """Build the Config from a YAML file (optional), DIFFBUS_* variables and keyword overrides."""
@@ -275,7 +310,7 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"cannot read config {path}: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
-    raw = _merge(raw, env_overrides(os.environ if environ is None else environ))
+    raw = _merge(_seed_keys(raw), env_overrides(os.environ if environ is None else environ))
     raw = _merge(raw, overrides)
     if path is not None:
         raw["source"] = str(path)

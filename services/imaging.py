@@ -3,6 +3,7 @@ a PNG text chunk, or the EXIF UserComment of a JPEG or WebP. Written by the work
 the API's png-info; one module so the two cannot drift."""
 
 import io
+import json
 import re
 
 from PIL import Image
@@ -38,6 +39,20 @@ def infotext(spec: JobSpec, seed: int) -> str:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
     lines.append(", ".join(f"{k}: {v}" for k, v in fields.items()))
     return "\n".join(lines)
+
+
+def parameters(spec: JobSpec, seed: int) -> str | None:
+    """What an image carries, by the spec's metadata scheme: A1111 infotext, Fooocus JSON or nothing."""
+    if spec.metadata is None:
+        return None
+    if spec.metadata == "fooocus":
+        return json.dumps({
+            "prompt": spec.prompt, "negative_prompt": spec.negative_prompt, "steps": spec.steps,
+            "guidance_scale": spec.guidance_scale, "seed": str(seed), "resolution": f"({spec.width}, {spec.height})",
+            "sampler": spec.scheduler or "default", "base_model": spec.model,
+            "loras": [[lora.name, lora.weight] for lora in spec.loras], "metadata_scheme": "fooocus",
+            "version": "diffbus"})
+    return infotext(spec, seed)
 
 
 def encode(image: Image.Image, fmt: OutputFormat, parameters: str | None = None, quality: int = 95) -> bytes:

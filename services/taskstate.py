@@ -11,6 +11,7 @@ from schemas.events import (
     Cancelled,
     CancelRequested,
     Completed,
+    Deleted,
     Failed,
     Started,
     WebhookAttempt,
@@ -20,18 +21,19 @@ from schemas.events import (
 from schemas.queries import TaskRecord, WebhookState
 
 
-def apply(record: TaskRecord | None, event: AnyTaskEvent) -> TaskRecord | None:
-    """The record after `event`. A terminal status is final: later events do not change it, so a job
-    redelivered after a worker died cannot reopen or double a finished task."""
+def apply(record: TaskRecord | None, event: AnyTaskEvent, seq: int | None = None) -> TaskRecord | None:
+    """The record after `event` (`seq`: its TASKS stream sequence, which numbers the task). A terminal
+    status is final: later events do not change it, so a job redelivered after a worker died cannot
+    reopen or double a finished task. After `deleted` there is no record."""
     if isinstance(event, Accepted):
         if record is not None:
             return record
         return TaskRecord(
-            task_id=event.task_id, owner=event.owner, status=STATUS_AFTER[Accepted], spec=event.spec,
-            priority=event.priority, dialect=event.dialect, callback_url=event.callback_url,
+            task_id=event.task_id, number=seq, owner=event.owner, status=STATUS_AFTER[Accepted], spec=event.spec,
+            priority=event.priority, dialect=event.dialect, request=event.request, callback_url=event.callback_url,
             created_at=event.at, updated_at=event.at,
             webhook=WebhookState(status="pending") if event.callback_url else None)
-    if record is None:
+    if record is None or isinstance(event, Deleted):
         return None
     if isinstance(event, WEBHOOK_RECORDS):  # deliveries go on after the task has ended
         return msgspec.structs.replace(record, webhook=_webhook(record.webhook, event))

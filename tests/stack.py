@@ -16,6 +16,7 @@ ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789"
 ADMIN = "admin-key-0123456789"
 WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+SDWM_SECRET = "qwert12345"  # the seed document's webApiSecret
 
 
 class Stack:
@@ -40,6 +41,7 @@ class Stack:
                 {"name": "ESRGAN_4x", "path": str(upscalers / "esrgan-x4.pth")}],
             "upscaler": {"tile_size": 48, "tile_overlap": 8},  # small tiles: tiling runs in every test
             "progress": {"min_interval_s": 0, "preview_every": 2},  # every step, for exact assertions
+            "sdwm": {"secret": SDWM_SECRET, "owner": "alice"},  # sd_work_manager tasks are alice's
             "notifier": {"secret": WEBHOOK_SECRET, "allowed_networks": ["127.0.0.0/8"], "timeout_s": 1,
                          "retry_schedule_s": [0.3, 0.3, 0.3]},
         }

@@ -10,13 +10,12 @@ import uuid
 
 import msgspec
 from aiohttp import web
-from PIL import Image, ImageOps
 from nats.js.errors import KeyNotFoundError
+from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import subjects
-from schemas.codec import decode_event
-from schemas.events import Cancelled, Completed, Failed, TaskStatus
+from schemas.events import TaskStatus
 from services import imaging
 
 from . import apidoc, native, samplers, seed_examples, validation
@@ -29,7 +28,6 @@ from .errors import RENDERERS, ApiError, invalid
 DIALECT = "a1111"
 PREFIX = "/sdapi/v1/"
 INPAINTING_FILL = {0: "original", 1: "original", 2: "latent_noise", 3: "latent_nothing"}  # 0 "fill": closest
-TERMINAL = (Completed.name(), Failed.name(), Cancelled.name())
 RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize (latent upscale)"}
 DOCS = apidoc.Docs(DIALECT, "AUTOMATIC1111's web UI API (seed a1111_style.md): synchronous txt2img/img2img and "
                    "its listings. The key in X-API-Key, or HTTP Basic with the key as the password.",
@@ -218,12 +216,12 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
     if not subjects.is_valid_task_id(task_id):
         raise invalid(["task_id"], "letters, digits, - and _ only, at most 64")
     await request.app[STATE].put("latest", who.owner, task_id)
-    event = await run_to_end(ctx, who, spec, task_id)
-    if isinstance(event, Failed):
-        raise ApiError(500, event.error)
+    record = await run_to_end(ctx, who, spec, task_id)
+    if record.status is TaskStatus.FAILED:
+        raise ApiError(500, record.error_message)
     images = []
-    if isinstance(event, Completed) and req.send_images:
-        for image in event.images:
+    if req.send_images:
+        for image in record.images:
             images.append(base64.b64encode(await ctx.tasks.storage.get(image.key) or b"").decode())
     if img2img and req.include_init_images:
         images += [i.split(",", 1)[-1] for i in req.init_images]
@@ -232,18 +230,9 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
 
 
 async def run_to_end(ctx, who: Principal, spec, task_id: str):
-    """Submit and wait for the task's terminal event (A1111's endpoints are synchronous)."""
-    done = await ctx.tasks.nc.subscribe(subjects.task_event(task_id, "*"))
-    try:
-        await ctx.tasks.submit(spec, who, dialect=DIALECT, task_id=task_id)
-        while (event := decode_event((await done.next_msg(timeout=ctx.config.api.sync_timeout_s)).data)).name() \
-                not in TERMINAL:
-            pass
-    except TimeoutError:
-        raise ApiError(504, f"task {task_id} did not finish in {ctx.config.api.sync_timeout_s}s") from None
-    finally:
-        await done.unsubscribe()
-    return event
+    """Submit and wait for the task to end (A1111's endpoints are synchronous)."""
+    await ctx.tasks.submit(spec, who, dialect=DIALECT, task_id=task_id)
+    return await ctx.tasks.wait(task_id, who)
 
 
 def info(spec, task_id: str, sampler: str) -> dict:
@@ -429,10 +418,10 @@ async def extra_single_image(request: web.Request) -> web.Response:
     size = ((req.upscaling_resize_w, req.upscaling_resize_h) if req.resize_mode == 1
             else (round(image.width * scale), round(image.height * scale)))
     spec = await native.upscale_spec(ctx, native_req, image, size)
-    event = await run_to_end(ctx, who, spec, uuid.uuid4().hex)
-    data = await ctx.tasks.storage.get(event.images[0].key) if isinstance(event, Completed) else None
+    record = await run_to_end(ctx, who, spec, uuid.uuid4().hex)
+    data = await ctx.tasks.storage.get(record.images[0].key) if record.images else None
     if data is None:
-        raise ApiError(500, getattr(event, "error", "the upscale did not finish"))
+        raise ApiError(500, record.error_message or "the upscale did not finish")
     return web.json_response({"html_info": f"<p>{upscaler}, {size[0]}×{size[1]}</p>",
                               "image": base64.b64encode(data).decode()})
 

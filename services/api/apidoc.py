@@ -13,6 +13,7 @@ from validation; `examples` are request bodies (or functions of the config givin
 a live server by the tests. `document()` walks the app's router and describes each route by what its
 handler declares; `undocumented()` names the routes that declare nothing (a test keeps it empty)."""
 
+import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -80,12 +81,14 @@ class Operation:
     params: tuple[Param, ...]
     examples: dict[str, Example]
     status: int  # of success
+    alternatives: dict[str, type | dict]  # more media types of the success response
     owner: "Docs" = field(compare=False, repr=False)
 
     @property
     def operation_id(self) -> str:
         words = re.sub(r"[{}]", "", self.path).replace("-", "_").strip("/").split("/")
-        return "_".join([self.tag, self.method.lower(), *filter(None, words)]).replace(".", "_") or "root"
+        slash = ["slash"] if self.path.endswith("/") and self.path != "/" else []  # /a/ and /a are two routes
+        return "_".join([self.tag, self.method.lower(), *filter(None, words), *slash]).replace(".", "_")
 
 
 class Docs:
@@ -104,7 +107,8 @@ class Docs:
               response: type | dict | None = None, media_type: str = "application/json",
               security: tuple[str, ...] | None = None, errors: Iterable[int] = (),
               params: Iterable[Param] = (), examples: dict[str, Example] | None = None,
-              description: str | None = None, status: int = 200):
+              description: str | None = None, status: int = 200,
+              alternatives: dict[str, type | dict] | None = None):
         def declare(handler):
             self.operations.append(Operation(
                 method=method.upper(), path=path, summary=summary, tag=self.tag,
@@ -112,7 +116,7 @@ class Docs:
                 body=body, response=response, media_type=media_type,
                 security=self.security if security is None else security,
                 errors=tuple(errors), error_model=self.error_model, params=tuple(params),
-                examples=examples or {}, status=status, owner=self))
+                examples=examples or {}, status=status, alternatives=alternatives or {}, owner=self))
             handler.__dict__.setdefault("apidoc", []).append(self.operations[-1])
             return handler
         return declare
@@ -155,8 +159,9 @@ class _Schemas:
     def __init__(self, models: Iterable[tuple[type, str]]):
         pydantic_models = [(m, mode) for m, mode in dict.fromkeys(models) if _is_pydantic(m)]
         refs, defs = models_json_schema(pydantic_models, ref_template=REF) if pydantic_models else ({}, {})
-        self.components: dict = dict(defs.get("$defs", {}))
-        self.refs = {model: ref for (model, _), ref in refs.items()}
+        refs, defs = _short_names({model: ref for (model, _), ref in refs.items()}, defs.get("$defs", {}))
+        self.components: dict = defs
+        self.refs = refs
         others = [m for m, _ in dict.fromkeys(models) if not _is_pydantic(m)]
         if others:
             found, components = msgspec.json.schema_components(others, ref_template=REF.replace("model", "name"))
@@ -168,6 +173,20 @@ class _Schemas:
 
     def of(self, model: type | dict) -> dict:
         return model if isinstance(model, dict) else self.refs[model]
+
+
+def _short_names(refs: dict, defs: dict) -> tuple[dict, dict]:
+    """Models of the same name in two dialects: pydantic names them by module path
+    (services__api__fooocus__GenerateRequest); call them FooocusGenerateRequest instead."""
+    renames = {name: "".join(p[:1].upper() + p[1:] for p in name.split("__")[-2:])
+               for name in defs if "__" in name}
+    if not renames:
+        return refs, defs
+    text = json.dumps([list(refs.values()), defs])
+    for old, new in renames.items():
+        text = text.replace(f'"{REF.format(model=old)}"', f'"{REF.format(model=new)}"')
+    ref_list, defs = json.loads(text)
+    return dict(zip(refs, ref_list)), {renames.get(k, k): v for k, v in defs.items()}
 
 
 def _is_pydantic(model) -> bool:
@@ -196,9 +215,11 @@ def _operation(op: Operation, schemas: _Schemas, config: Config) -> dict:
             media["examples"] = {name: {"summary": name, "value": value(config) if callable(value) else value}
                                  for name, value in op.examples.items()}
         out["requestBody"] = {"required": True, "content": {"application/json": media}}
-    ok: dict = {"description": {101: "Switching Protocols"}.get(op.status, "OK")}
+    ok: dict = {"description": {101: "Switching Protocols", 204: "Done, no content"}.get(op.status, "OK")}
     if op.response is not None:
         ok["content"] = {op.media_type: {"schema": schemas.of(op.response)}}
+    for media_type, model in op.alternatives.items():
+        ok.setdefault("content", {})[media_type] = {"schema": schemas.of(model)}
     responses = {str(op.status): ok}
     for status in op.errors:
         error: dict = {"description": STATUS_TEXT.get(status, "Error")}
@@ -214,9 +235,10 @@ def document(app: web.Application, config: Config, server_url: str, description:
     """The OpenAPI document of every documented route the app has."""
     ops = operations(app)
     registries = list(dict.fromkeys(op.owner for op in ops))
-    models = ([(op.body, "validation") for op in ops if op.body is not None]
+    models = ([(op.body, "validation") for op in ops if op.body is not None and not isinstance(op.body, dict)]
               + [(op.response, "serialization") for op in ops if op.response is not None
                  and not isinstance(op.response, dict)]
+              + [(m, "serialization") for op in ops for m in op.alternatives.values() if not isinstance(m, dict)]
               + [(op.error_model, "serialization") for op in ops if op.error_model is not None]
               + [(t, "serialization") for d in registries for t in d.schemas])
     schemas = _Schemas(models)

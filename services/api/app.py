@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from . import a1111, docs, errors, native, system
+from . import a1111, docs, errors, fooocus, native, sdwm, system
 from .context import CTX, ApiContext
 
 
@@ -11,7 +11,7 @@ def create_app(ctx: ApiContext) -> web.Application:
                           middlewares=[errors.error_middleware])
     app[CTX] = ctx
     app[errors.RENDERERS] = []
-    for dialect in (system, native, a1111):
+    for dialect in (system, native, a1111, fooocus, sdwm):
         dialect.register(app)
     docs.register(app)  # after the dialects: it describes the routes they registered
     return app

@@ -45,9 +45,11 @@ def description(config) -> str:
     limits = config.limits
     return (
         "A self-hosted Stable Diffusion job service on NATS JetStream. Four dialects share one job queue: "
-        "the native API (`/api/v1`), AUTOMATIC1111's (`/sdapi/v1`) and the others this server has.\n\n"
-        f"**Keys**: `{config.api.key_header}` header on every route but health, files and these docs; A1111 "
-        "routes also take HTTP Basic with the key as the password. Each key sees only its own tasks.\n\n"
+        "the native API (`/api/v1`), AUTOMATIC1111's (`/sdapi/v1`), FooocusAPI's (`/v1/engine/generate/`, "
+        "`/tasks`) and sd_work_manager's (`/api/Task/*`).\n\n"
+        f"**Keys**: `{config.api.key_header}` header on every route but health, files, `/ping` and these docs; "
+        "A1111 routes also take HTTP Basic with the key as the password; sd_work_manager's take its "
+        "`X-API-SECRET`. Each key sees only its own tasks.\n\n"
         f"**Limits on this server**: up to {limits.max_width}×{limits.max_height} pixels (multiples of 8, at "
         f"least {limits.min_size}), {limits.max_steps} steps, {limits.max_images} images a request, guidance up "
         f"to {limits.max_guidance_scale:g}; models: {', '.join(m.name for m in config.models)} (default "

@@ -6,7 +6,7 @@ current state first, then progress in order without repeats, then the terminal s
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -108,43 +108,63 @@ async def _subscribe(nc, task_id: str, queue: asyncio.Queue) -> list:
             await nc.subscribe(subjects.task_event(task_id, ">"), cb=put)]
 
 
+async def follow(ctx, task_id: str, principal, view: Callable[[TaskRecord], dict], last_tick: int = -1,
+                 previews: bool = True) -> AsyncIterator[Out | None]:
+    """A task's Outs as they happen, ending with the terminal one; None after each quiet REFRESH_S (a
+    chance for keep-alives). Raises ApiError (404) before yielding anything for an unknown task."""
+    queue: asyncio.Queue = asyncio.Queue()
+    subs = await _subscribe(ctx.tasks.nc, task_id, queue)  # before reading state: nothing is missed
+    try:
+        relay = Relay(await ctx.tasks.get(task_id, principal), view, last_tick=last_tick, previews=previews)
+        pending = relay.start(await ctx.tasks.last_progress(task_id))
+        while True:
+            for out in pending:
+                yield out
+            if relay.done:
+                return
+            try:
+                pending = relay.on_nats(await asyncio.wait_for(queue.get(), REFRESH_S))
+            except TimeoutError:
+                pending = relay.refresh(await ctx.tasks.get(task_id, principal))
+                yield None
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+
+
 async def sse(request: web.Request, principal, view: Callable[[TaskRecord], dict]) -> web.StreamResponse:
     """GET …/tasks/{id}/events. Reconnect with Last-Event-ID to resume; after the terminal event a
     reconnect gets 204 (which tells EventSource to stop)."""
     ctx = request.app[CTX]
     task_id = request.match_info["task_id"]
     last_id = request.headers.get("Last-Event-ID")
-    queue: asyncio.Queue = asyncio.Queue()
-    subs = await _subscribe(ctx.tasks.nc, task_id, queue)  # before reading state: nothing is missed
+    events = follow(ctx, task_id, principal, view, last_tick=_resume_tick(last_id))
     try:
-        record = await ctx.tasks.get(task_id, principal)
+        first = await anext(events)  # 404 before the stream starts
         if last_id == DONE_ID:
             return web.Response(status=204)
-        relay = Relay(record, view, last_tick=_resume_tick(last_id))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)
-        pending = relay.start(await ctx.tasks.last_progress(task_id))
-        quiet_since = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        out = first
         while True:
-            for out in pending:
+            if out is not None:
                 lines = [f"event: {out.name}", f"data: {json.dumps(out.data)}"]
                 if out.id is not None:
                     lines.insert(0, f"id: {out.id}")
                 await resp.write(("\n".join(lines) + "\n\n").encode())
-            if relay.done:
-                return resp
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since > KEEPALIVE_S:
+                await resp.write(b": keep-alive\n\n")
+                quiet_since = loop.time()
             try:
-                pending = relay.on_nats(await asyncio.wait_for(queue.get(), REFRESH_S))
-                quiet_since = asyncio.get_running_loop().time()
-            except TimeoutError:
-                pending = relay.refresh(await ctx.tasks.get(task_id, principal))
-                if asyncio.get_running_loop().time() - quiet_since > KEEPALIVE_S:
-                    await resp.write(b": keep-alive\n\n")
-                    quiet_since = asyncio.get_running_loop().time()
+                out = await anext(events)
+            except StopAsyncIteration:
+                return resp
     finally:
-        for sub in subs:
-            await sub.unsubscribe()
+        await events.aclose()
 
 
 @dataclass

@@ -3,14 +3,14 @@
 import io
 import secrets
 from datetime import UTC, datetime
-
-import msgspec
 from typing import Literal
 
+import msgspec
 from aiohttp import web
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from schemas.events import Progress, TaskStatus, WebhookEvent
 from schemas.jobs import (
     LATENT_UPSCALER,
     SCHEDULERS,
@@ -18,19 +18,18 @@ from schemas.jobs import (
     Img2Img,
     Inpaint,
     InpaintFill,
-    OutputFormat,
     Outpaint,
+    OutputFormat,
     Txt2Img,
     Upscale,
 )
-from schemas.events import Progress, TaskStatus, WebhookEvent
-from schemas.queries import TaskRecord, WebhookState
-
+from schemas.queries import TaskRecord
 from services import imaging
 
-from . import apidoc, live, seed_examples, validation
+from . import apidoc, history, live, seed_examples, validation
 from .context import CTX
 from .errors import ApiError, FastApiError, invalid
+from .native_replies import CancelView, ModelList, PngInfo, TaskCreated, TaskPageView, TaskView
 from .system import file_url
 
 DIALECT = "native"
@@ -150,46 +149,13 @@ def task_view(record: TaskRecord, base_url: str) -> dict:
     }
 
 
-class TaskCreated(msgspec.Struct):
-    task_id: str
-    status: Literal["pending"]
-    message: str
-
-
-class TaskView(msgspec.Struct):
-    """A task as GET /api/v1/tasks/{task_id} shows it (task_view)."""
-
-    task_id: str
-    status: TaskStatus
-    result_url: str | None  # one image
-    result_urls: list[str] | None  # several images
-    error_message: str | None
-    created_at: str  # ISO 8601, UTC
-    updated_at: str
-    webhook: WebhookState | msgspec.UnsetType = msgspec.UNSET  # only for tasks with a callback_url
-
-
-class CancelView(TaskView):
-    message: str = ""
-
-
-class ModelView(msgspec.Struct):
-    name: str
-    loaded: bool  # a live worker holds it loaded
-    workers: int  # live workers serving it
-    width: int
-    height: int
-
-
-class ModelList(msgspec.Struct):
-    default: str
-    models: list[ModelView]
-
-
-class PngInfo(msgspec.Struct):
-    info: str  # the `parameters` text, A1111's format
-    parameters: dict  # the same, parsed
-    items: dict[str, str]  # other text chunks
+HISTORY_PARAMS = (
+    apidoc.Param("status", description="comma-separated statuses; default: any"),
+    apidoc.Param("page", schema={"type": "integer", "minimum": 1, "default": 1}),
+    apidoc.Param("page_size", schema={"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
+    apidoc.Param("start_at", description="ISO 8601 creation time, inclusive (UTC without a zone)"),
+    apidoc.Param("end_at", description="ISO 8601 creation time, exclusive"),
+)
 
 
 SSE_EVENTS = {"type": "string", "description": (
@@ -218,10 +184,10 @@ async def _parse(request: web.Request, model: type[TaskRequest]):
 
 
 async def _submit(request: web.Request, spec, principal, req: TaskRequest) -> web.Response:
-    task_id = await request.app[CTX].tasks.submit(
+    record = await request.app[CTX].tasks.submit(
         spec, principal, dialect=DIALECT, callback_url=req.callback_url, webhook_events=req.webhook_events,
         idempotency_key=request.headers.get("Idempotency-Key"))
-    return web.json_response({"task_id": task_id, "status": "pending",
+    return web.json_response({"task_id": record.task_id, "status": "pending",
                               "message": "Task created; poll /api/v1/tasks/{task_id} for the result"})
 
 
@@ -301,6 +267,11 @@ def hires_fix(req: GenerateRequest, width: int, height: int, steps: int, config)
     if int(hires.steps * hires.denoising_strength) < 1:
         raise invalid(["denoising_strength"], "denoising_strength × second-pass steps must give at least one step")
     return hires
+
+
+def default_upscaler(config) -> str:
+    """For dialects whose upscale names no upscaler: the first configured model, else Lanczos."""
+    return config.fooocus.upscaler or next((u.name for u in config.upscalers), "Lanczos")
 
 
 class UpscaleRequest(TaskRequest):
@@ -386,6 +357,33 @@ async def get_task(request: web.Request) -> web.Response:
     return web.json_response(task_view(record, ctx.base_url(request)))
 
 
+@DOCS.route("GET", "/api/v1/tasks", "This key's tasks, newest first, page by page", response=TaskPageView,
+            errors=(401, 422), params=HISTORY_PARAMS)
+async def list_tasks(request: web.Request) -> web.Response:
+    """GET /api/v1/tasks?status=&page=&page_size=&start_at=&end_at=: the calling key's tasks, newest first."""
+    ctx = request.app[CTX]
+    principal = _principal(request)
+    statuses = []
+    for name in filter(None, request.query.get("status", "").split(",")):
+        try:
+            statuses.append(TaskStatus(name.strip()))
+        except ValueError:
+            raise history.query_error("status", f"one of {[s.value for s in TaskStatus]}") from None
+    query = history.task_list(request, principal, statuses)
+    page = await ctx.tasks.page(query)
+    base_url = ctx.base_url(request)
+    return web.json_response({"tasks": [task_view(r, base_url) for r in page.tasks], "total": page.total,
+                              "page": query.offset // query.limit + 1, "page_size": query.limit})
+
+
+@DOCS.route("DELETE", "/api/v1/tasks/{task_id}", "Delete a finished task and its images", status=204,
+            errors=(401, 404, 409))
+async def delete_task(request: web.Request) -> web.Response:
+    """DELETE /api/v1/tasks/{id}: the task and its result images; 409 until it has finished."""
+    await request.app[CTX].tasks.delete(request.match_info["task_id"], _principal(request))
+    return web.Response(status=204)
+
+
 @DOCS.route("POST", "/api/v1/tasks/{task_id}/cancel", "Cancel a task", response=CancelView, errors=(401, 404, 409),
             description="A pending task never starts; a running one stops within a step and ends cancelled.")
 async def cancel_task(request: web.Request) -> web.Response:
@@ -427,7 +425,9 @@ def register(app: web.Application) -> None:
     app.router.add_post("/api/v1/upscale", upscale)
     app.router.add_post("/api/v1/png-info", png_info)
     app.router.add_get("/api/v1/models", list_models)
+    app.router.add_get("/api/v1/tasks", list_tasks)
     app.router.add_get("/api/v1/tasks/{task_id}", get_task)
+    app.router.add_delete("/api/v1/tasks/{task_id}", delete_task)
     app.router.add_post("/api/v1/tasks/{task_id}/cancel", cancel_task)
     app.router.add_get("/api/v1/tasks/{task_id}/events", task_events)
     app.router.add_get("/api/v1/ws", websocket)

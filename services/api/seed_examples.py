@@ -70,3 +70,31 @@ def a1111_options(config: Config) -> dict:
 
 A1111_OPTIONS = {"switch the model (切换模型)": a1111_options}
 A1111_EXTRAS = {"2× with Lanczos": {"image": TINY_PNG, "upscaling_resize": 2, "upscaler_1": "Lanczos"}}
+
+
+# fooocusapi.md, "三种返回示例": its three requests (the async one's empty prompt as sent)
+_FOOOCUS = {"prompt": "", "negative_prompt": "", "performance_selection": "Lightning", "webhook_url": ""}
+FOOOCUS_GENERATE = {
+    "a task object at once (异步任务)": {**_FOOOCUS, "async_process": True},
+    "streamed progress (流式输出)": {**_FOOOCUS, "stream_output": True},
+    "the image itself (二进制输出)": {**_FOOOCUS, "async_process": False, "stream_output": False},
+}
+
+# sd_work_manager.md: its example requests ("BASE64 ENCODED" made a real image; `module` a model this
+# server has, for the seed's "furry")
+SDWM_NEGATIVE = ("deformed,lowres,deformed,bad anatomy,disfigured,poorly drawn face,mutation,mutated,extra limb,ugly,"
+                 "poorly drawn hands,missing limb,floating limbs,disconnected limbs,malformed hands,out of focus,"
+                 "big boobs,long neck,long body,monochrome,signature,watermark,text")
+SDWM_TXT2IMG = {"submitTxt2ImgTask": {"width": 256, "height": 256, "prompts": "loli", "negativePrompts": SDWM_NEGATIVE,
+                                      "count": 1, "steps": 20, "scale": 8, "comment": "test"}}
+
+
+def sdwm_img2img(config: Config) -> dict:
+    return {"width": 512, "height": 512, "prompts": "loli", "initialImages": [TINY_PNG.split(",", 1)[1]],
+            "negativePrompts": SDWM_NEGATIVE, "steps": 20, "scale": 8, "denoise": 0.8, "resizeMode": 2,
+            "module": config.default_model, "comment": "test"}
+
+
+SDWM_IMG2IMG = {"submitImg2ImgTask": sdwm_img2img}
+SDWM_UPSCALE = {"submitUpscaleTask": {"image": TINY_PNG.split(",", 1)[1], "scale": 4}}
+SDWM_STATE = {"getTaskState": {"taskId": 1}}

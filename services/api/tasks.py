@@ -15,13 +15,14 @@ from schemas.events import (
     Accepted,
     Cancelled,
     CancelRequested,
+    Deleted,
     Failed,
     Progress,
     TaskStatus,
     WebhookEvent,
 )
 from schemas.jobs import Job, JobSpec, job_subject
-from schemas.queries import TaskGet, TaskRecord, TaskReply
+from schemas.queries import TaskGet, TaskList, TaskPage, TaskRecord, TaskReply
 from schemas.subjects import Priority
 from services import bus, storage, taskstate
 from services.config import Config
@@ -56,17 +57,17 @@ class Tasks:
 
     async def submit(self, spec: JobSpec, principal: Principal, *, dialect: str,
                      callback_url: str | None = None, webhook_events: list[WebhookEvent] | None = None,
-                     priority: Priority = Priority.NORMAL,
-                     task_id: str | None = None, idempotency_key: str | None = None) -> str:
-        """Publish `accepted` (the audit record, with the whole spec) and then the job."""
+                     priority: Priority = Priority.NORMAL, request: dict | None = None,
+                     task_id: str | None = None, idempotency_key: str | None = None) -> TaskRecord:
+        """Publish `accepted` (the audit record, with the whole spec) and then the job; the new task."""
         task_id = task_id or self.task_id_for(principal, idempotency_key)
-        if idempotency_key and await bus.last_event(self.js, task_id, Accepted.name()) is not None:
-            return task_id  # a retried submit: the task exists already
+        if idempotency_key and (existing := await self._from_stream(task_id)) is not None:
+            return existing  # a retried submit: the task exists already
         accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
-                            priority=priority, dialect=dialect, callback_url=callback_url,
+                            priority=priority, dialect=dialect, callback_url=callback_url, request=request,
                             webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
         try:
-            await bus.publish_event(self.js, accepted)
+            ack = await bus.publish_event(self.js, accepted)
         except (nats.errors.Error, TimeoutError) as e:
             raise ApiError(503, f"job queue unavailable: {e}") from e
         job = Job(task_id=task_id, spec=spec, priority=priority)
@@ -77,24 +78,59 @@ class Tasks:
             await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
                                                     error="the job could not be queued"))
             raise ApiError(503, f"job queue unavailable: {e}") from e
-        return task_id
+        return taskstate.apply(None, accepted, ack.seq)
 
     async def get(self, task_id: str, principal: Principal) -> TaskRecord:
         """The task as the projector holds it; 404 when unknown or someone else's."""
         if not subjects.is_valid_task_id(task_id):
             raise ApiError(404, "Task not found")
-        record = None
-        try:
-            reply = await self.nc.request(subjects.TASK_GET, encode(TaskGet(task_id=task_id)),
-                                          timeout=self.config.api.query_timeout_s)
-            record = decode(reply.data, TaskReply).task
-        except (nats.errors.NoRespondersError, TimeoutError):
-            log.warning("projector did not answer; reading task %s from the stream", task_id)
-        if record is None:
-            # Not projected yet (or the projector is down): fold the task's events from the stream.
-            record = await self._from_stream(task_id)
+        return self._visible(await self._query(TaskGet(task_id=task_id)) or await self._from_stream(task_id),
+                             principal)
+
+    async def get_number(self, number: int, principal: Principal) -> TaskRecord:
+        """The task by numeric id (the stream sequence of its `accepted` event)."""
+        record = await self._query(TaskGet(number=number))
+        if record is None:  # not projected yet: the number names its `accepted` message
+            try:
+                event = decode_event((await self.js.get_msg(subjects.TASKS, number)).data)
+            except (NotFoundError, nats.errors.Error, ValueError):
+                event = None
+            if isinstance(event, Accepted):
+                record = await self._from_stream(event.task_id)
+        return self._visible(record, principal)
+
+    @staticmethod
+    def _visible(record: TaskRecord | None, principal: Principal) -> TaskRecord:
         if record is None or not principal.may_see(record.owner):
             raise ApiError(404, "Task not found")
+        return record
+
+    async def _query(self, query: TaskGet) -> TaskRecord | None:
+        try:
+            reply = await self.nc.request(subjects.TASK_GET, encode(query), timeout=self.config.api.query_timeout_s)
+            return decode(reply.data, TaskReply).task
+        except (nats.errors.NoRespondersError, TimeoutError):
+            # The projector is down or slow: callers fold the task's events from the stream.
+            log.warning("projector did not answer %s", query)
+            return None
+
+    async def page(self, query: TaskList) -> TaskPage:
+        """A page of one owner's tasks, from the projector (there is no stream fallback for listings)."""
+        try:
+            reply = await self.nc.request(subjects.TASK_LIST, encode(query), timeout=self.config.api.query_timeout_s)
+        except (nats.errors.NoRespondersError, TimeoutError) as e:
+            raise ApiError(503, "task history unavailable: the projector did not answer") from e
+        return decode(reply.data, TaskPage)
+
+    async def delete(self, task_id: str, principal: Principal) -> TaskRecord:
+        """Forget a finished task: `deleted` on the TASKS stream, then its result images (inputs are
+        shared by content and stay). 409 while it is pending or running."""
+        record = await self.get(task_id, principal)
+        if not record.status.is_terminal():
+            raise ApiError(409, f"Task is {record.status.value}; cancel it before deleting it")
+        await bus.publish_event(self.js, Deleted(task_id=task_id, at=time.time(), by=principal.owner))
+        for image in record.images:
+            await self.storage.delete(image.key)
         return record
 
     async def cancel(self, task_id: str, principal: Principal) -> TaskRecord:
@@ -115,6 +151,21 @@ class Tasks:
             record = taskstate.apply(record, cancelled)
         return record
 
+    async def wait(self, task_id: str, principal: Principal) -> TaskRecord:
+        """The task once it has ended (synchronous endpoints); 504 after api.sync_timeout_s."""
+        events = await self.nc.subscribe(subjects.task_event(task_id, "*"))  # first: nothing slips past
+        try:
+            record = await self.get(task_id, principal)
+            deadline = time.monotonic() + self.config.api.sync_timeout_s
+            while not record.status.is_terminal():
+                msg = await events.next_msg(timeout=max(0.001, deadline - time.monotonic()))
+                record = taskstate.apply(record, decode_event(msg.data)) or record
+        except TimeoutError:
+            raise ApiError(504, f"task {task_id} did not finish in {self.config.api.sync_timeout_s}s") from None
+        finally:
+            await events.unsubscribe()
+        return record
+
     async def last_progress(self, task_id: str) -> Progress | None:
         try:
             msg = await self.js.get_last_msg(subjects.PROGRESS, subjects.progress(task_id))
@@ -131,7 +182,7 @@ class Tasks:
         try:
             while True:
                 msg = await sub.next_msg(timeout=self.config.api.query_timeout_s)
-                record = taskstate.apply(record, decode_event(msg.data))
+                record = taskstate.apply(record, decode_event(msg.data), msg.metadata.sequence.stream)
                 if msg.metadata.num_pending == 0:
                     return record
         finally:

@@ -88,7 +88,7 @@ def _use_own_prompt_encoding(pipe, kwargs: dict) -> None:
         kwargs["prompt_embeds"], kwargs["negative_prompt_embeds"] = encoded
 
 
-def run(pipe, spec: JobSpec, init_image: Image.Image | None, on_step: StepCallback = lambda *_: False,
+def run(pipe, spec: JobSpec, init_image: Image.Image | list[Image.Image] | None, on_step: StepCallback = lambda *_: False,
         output_type: str = "pil"):
     """Generate the images of `spec` (blocking; run it in an executor)."""
     common = dict(prompt=spec.prompt, num_images_per_prompt=spec.num_images, num_inference_steps=spec.steps,
@@ -96,6 +96,12 @@ def run(pipe, spec: JobSpec, init_image: Image.Image | None, on_step: StepCallba
     if isinstance(spec, Img2Img):
         if init_image is None:
             raise GenerationError("img2img job without its init image")
+        if isinstance(init_image, list):  # one image from each init image
+            common.update(prompt=[spec.prompt] * len(init_image), num_images_per_prompt=1)
+            if spec.negative_prompt:
+                common["negative_prompt"] = [spec.negative_prompt] * len(init_image)
+            return _call(pipe, "img2img", spec, on_step, image=[i.convert("RGB") for i in init_image],
+                         strength=spec.strength, **common)
         return _call(pipe, "img2img", spec, on_step, image=init_image.convert("RGB"), strength=spec.strength,
                      **common)
     return _call(pipe, "txt2img", spec, on_step, width=spec.width, height=spec.height, **common)

@@ -68,6 +68,8 @@ class GpuWorker(JobWorker):
         elif isinstance(spec, Inpaint):
             inputs = (await self.load_image(spec.init_image),
                       None if spec.mask_image is None else await self.load_image(spec.mask_image))
+        elif isinstance(spec, Img2Img) and spec.more_init_images:
+            inputs = [await self.load_image(key) for key in (spec.init_image, *spec.more_init_images)]
         elif isinstance(spec, Img2Img):
             inputs = await self.load_image(spec.init_image)
         else:
@@ -101,7 +103,7 @@ class GpuWorker(JobWorker):
             pictures = run()
             if not finishes:
                 return [imaging.encode(p, OutputFormat.PNG) for p in pictures]  # lossless, for the next stage
-            return [imaging.encode(p, spec.output_format, imaging.infotext(spec, seed), spec.quality)
+            return [imaging.encode(p, spec.output_format, imaging.parameters(spec, seed), spec.quality)
                     for p, seed in zip(pictures, spec.seeds)]
 
         encoded = await self.execute(work, *GENERATION_ERRORS)
@@ -161,7 +163,7 @@ class GpuWorker(JobWorker):
             with self.loras.applied(pipe, specs[0].loras):
                 pictures = generate.run_batch(pipe, specs, on_step)
             seeds = [(spec, seed) for spec in specs for seed in spec.seeds]
-            return [imaging.encode(p, spec.output_format, imaging.infotext(spec, seed), spec.quality)
+            return [imaging.encode(p, spec.output_format, imaging.parameters(spec, seed), spec.quality)
                     for p, (spec, seed) in zip(pictures, seeds)]
 
         encoded = await self.execute(run, *GENERATION_ERRORS)

@@ -1,5 +1,7 @@
 """Webhook bodies in each dialect's own shape."""
 
+import msgspec
+
 from schemas.events import (
     Accepted,
     Cancelled,
@@ -7,8 +9,10 @@ from schemas.events import (
     Failed,
     Progress,
     Started,
+    TaskStatus,
     WebhookEvent,
 )
+from services import fooocus_task, taskstate
 
 
 def file_urls(base_url: str, event) -> list[str]:
@@ -35,28 +39,15 @@ def native(accepted: Accepted, event, base_url: str, started_at: float | None) -
     return body
 
 
-FOOOCUS_STATUS = {Completed: "finished", Failed: "failed", Cancelled: "canceled", Started: "running",
-                  Progress: "running"}
-
-
 def fooocus(accepted: Accepted, event, base_url: str, started_at: float | None) -> dict:
-    """seeds/fooocusapi.md: the task object of /tasks/{task_id}."""
-    finished = isinstance(event, (Completed, Failed, Cancelled))
-    progress = 100 if isinstance(event, Completed) else round(100 * getattr(event, "fraction", 0))
-    return {
-        "id": -1,
-        "task_id": accepted.task_id,
-        "req_params": {},
-        "in_queue_mills": round(accepted.at * 1000),
-        "start_mills": None if started_at is None else round(started_at * 1000),
-        "finish_mills": round(event.at * 1000) if finished else -1,
-        "task_status": FOOOCUS_STATUS[type(event)],
-        "progress": progress,
-        "preview": "",
-        "webhook_url": accepted.callback_url,
-        "result": file_urls(base_url, event),
-        "error_message": event.error if isinstance(event, Failed) else None,
-    }
+    """seeds/fooocusapi.md: the task object of /tasks/{task_id}, as the task stands after `event`."""
+    record = taskstate.apply(None, accepted)
+    if started_at is not None:
+        record = msgspec.structs.replace(record, status=TaskStatus.PROCESSING, started_at=started_at)
+    progress = event if isinstance(event, Progress) else None
+    if not isinstance(event, Progress):
+        record = taskstate.apply(record, event)
+    return fooocus_task.task_object(record, base_url, progress)
 
 
 RENDERERS = {"native": native, "fooocus": fooocus}

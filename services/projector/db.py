@@ -11,12 +11,12 @@ import sqlite_utils
 from schemas.codec import decode, encode
 from schemas.events import AnyTaskEvent
 from schemas.jobs import queue_name
-from schemas.queries import TaskRecord
+from schemas.queries import TaskList, TaskRecord
 from services import taskstate
 
-
 # Bump when the table's shape changes: a database of another version is rebuilt from the stream.
-PROJECTION_VERSION = 2
+PROJECTION_VERSION = 3
+MEMORY = ":memory:"  # a database that lives as long as the projector (rebuilt at each start)
 
 
 def remove(path: Path) -> None:
@@ -39,22 +39,46 @@ class TaskDB:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self.db = sqlite_utils.Database(path)
+        self.db = sqlite_utils.Database(memory=True) if str(path) == MEMORY else sqlite_utils.Database(path)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.tasks = self.db.table("tasks")
         if not self.tasks.exists():
             self.db.execute(f"PRAGMA user_version = {PROJECTION_VERSION}")
             self.tasks.create({
-                "task_id": str, "owner": str, "status": str, "kind": str, "model": str, "priority": str,
-                "created_at": float, "updated_at": float, "last_seq": int, "record": str,
+                "task_id": str, "number": int, "owner": str, "status": str, "kind": str, "model": str,
+                "priority": str, "created_at": float, "updated_at": float, "last_seq": int, "record": str,
             }, pk="task_id")
             self.tasks.create_index(["owner", "created_at"])
             self.tasks.create_index(["created_at"])
             self.tasks.create_index(["status", "model"])
+            self.tasks.create_index(["number"], unique=True)
+            # Deleted tasks: a redelivered event of theirs must not bring a row back.
+            self.db.table("deleted").create({"task_id": str, "last_seq": int}, pk="task_id")
+        self.deleted = self.db.table("deleted")
 
-    def get(self, task_id: str) -> TaskRecord | None:
-        row = next(self.tasks.rows_where("task_id = ?", [task_id], select="record"), None)
+    def get(self, task_id: str | None = None, number: int | None = None) -> TaskRecord | None:
+        where, args = ("task_id = ?", [task_id]) if task_id is not None else ("number = ?", [number])
+        row = next(self.tasks.rows_where(where, args, select="record"), None)
         return None if row is None else decode(row["record"].encode(), TaskRecord)
+
+    def page(self, query: TaskList) -> tuple[list[TaskRecord], int]:
+        """One page of `query.owner`'s tasks and how many match in all."""
+        where, args = ["owner = ?"], [query.owner]
+        if query.statuses:
+            where.append(f"status IN ({', '.join('?' * len(query.statuses))})")
+            args += [s.value for s in query.statuses]
+        if query.created_from is not None:
+            where.append("created_at >= ?")
+            args.append(query.created_from)
+        if query.created_to is not None:
+            where.append("created_at < ?")
+            args.append(query.created_to)
+        clause = " AND ".join(where)
+        total = self.db.execute(f"SELECT count(*) FROM tasks WHERE {clause}", args).fetchone()[0]
+        order = "created_at, number" if query.oldest_first else "created_at DESC, number DESC"
+        rows = self.tasks.rows_where(clause, args, select="record", order_by=order,
+                                     limit=query.limit, offset=query.offset)
+        return [decode(row["record"].encode(), TaskRecord) for row in rows], total
 
     def apply(self, events: list[tuple[int, AnyTaskEvent]]) -> None:
         """Apply (stream sequence, event) pairs in one transaction."""
@@ -64,12 +88,18 @@ class TaskDB:
                                                  select="last_seq, record"), None)
                 if row is not None and seq <= row["last_seq"]:
                     continue
+                if row is None and self.deleted.count_where("task_id = ?", [event.task_id]):
+                    continue
                 before = None if row is None else decode(row["record"].encode(), TaskRecord)
-                after = taskstate.apply(before, event)
+                after = taskstate.apply(before, event, seq)
                 if after is None:
+                    if before is not None:  # deleted
+                        self.tasks.delete(event.task_id)
+                        self.deleted.upsert({"task_id": event.task_id, "last_seq": seq}, pk="task_id")
                     continue
                 self.tasks.upsert({
-                    "task_id": after.task_id, "owner": after.owner, "status": after.status.value,
+                    "task_id": after.task_id, "number": after.number, "owner": after.owner,
+                    "status": after.status.value,
                     "kind": after.spec.__struct_config__.tag, "model": queue_name(after.spec),
                     "priority": after.priority.value,
                     "created_at": after.created_at, "updated_at": after.updated_at,

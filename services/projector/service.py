@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -10,7 +11,7 @@ from nats.js.errors import NotFoundError
 from schemas import subjects
 from schemas.codec import decode, decode_event, encode
 from schemas.events import Progress, TaskStatus
-from schemas.queries import TaskGet, TaskReply
+from schemas.queries import TaskGet, TaskList, TaskPage, TaskReply
 from services import bus
 from services.config import Config
 from services.lifecycle import stop_event
@@ -41,7 +42,9 @@ class QueuePositions:
 
 
 async def run(config: Config, rebuild: bool = False) -> None:
-    db_path = config.data_path / config.projector.db
+    in_memory = config.projector.db == ":memory:"
+    db_path = Path(db.MEMORY) if in_memory else config.data_path / config.projector.db
+    rebuild = rebuild or in_memory
     nc = await bus.connect(config, "projector")
     js = nc.jetstream()
     await bus.ensure(js, config)
@@ -57,17 +60,27 @@ async def run(config: Config, rebuild: bool = False) -> None:
         log.info("building %s from the TASKS stream", db_path)
     tasks = TaskDB(db_path)
 
-    async def answer_get(msg) -> None:
-        try:
-            query = decode(msg.data, TaskGet)
-        except Exception as e:  # noqa: BLE001 - a bad query must not stop the projector
-            log.warning("bad task query: %s", e)
-            return
-        await msg.respond(encode(TaskReply(task=tasks.get(query.task_id))))
+    def answerer(query_type, answer):
+        async def respond(msg) -> None:
+            try:
+                query = decode(msg.data, query_type)
+            except Exception as e:  # noqa: BLE001 - a bad query must not stop the projector
+                log.warning("bad %s query: %s", msg.subject, e)
+                return
+            await msg.respond(encode(answer(query)))
+        return respond
+
+    def task_page(query: TaskList) -> TaskPage:
+        found, total = tasks.page(query)
+        return TaskPage(tasks=found, total=total)
 
     queue = QueuePositions(nc)
     await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
-    query_sub = await nc.subscribe(subjects.TASK_GET, queue=subjects.PROJECTOR_QUEUE, cb=answer_get)
+    query_subs = [
+        await nc.subscribe(subjects.TASK_GET, queue=subjects.PROJECTOR_QUEUE, cb=answerer(
+            TaskGet, lambda q: TaskReply(task=tasks.get(q.task_id, q.number)))),
+        await nc.subscribe(subjects.TASK_LIST, queue=subjects.PROJECTOR_QUEUE, cb=answerer(TaskList, task_page)),
+    ]
     events = await js.pull_subscribe(
         subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS,
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
@@ -98,6 +111,7 @@ async def run(config: Config, rebuild: bool = False) -> None:
             await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
     finally:
         await events.unsubscribe()
-        await query_sub.unsubscribe()
+        for sub in query_subs:
+            await sub.unsubscribe()
         await nc.drain()
         tasks.close()

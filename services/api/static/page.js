@@ -60,7 +60,8 @@ function showError(message) {
 async function loadSamplers() {
   try {
     const doc = await (await fetch("openapi.json")).json();
-    const field = doc.components.schemas.GenerateRequest.properties.scheduler;
+    const ref = doc.paths["/api/v1/generate"].post.requestBody.content["application/json"].schema.$ref;
+    const field = doc.components.schemas[ref.split("/").pop()].properties.scheduler;
     const names = (field.anyOf || [field]).flatMap((s) => s.enum || []);
     for (const name of names) $("scheduler").add(new Option(name.replace(/Scheduler$/, ""), name));
   } catch (e) { /* the sampler list is optional: the model's default is used */ }
