@@ -17,6 +17,8 @@ from openapi_spec_validator import validate
 
 from schemas import subjects
 from services.api import apidoc, asyncapi
+from services.api.field_comments import comments
+from services.api.native import GenerateRequest
 from services.api.app import create_app
 from services.api.context import ApiContext
 from services.config import load
@@ -88,6 +90,7 @@ async def test_the_generate_request_schema_is_the_model_the_handler_validates_wi
     fields = doc["components"]["schemas"]["NativeGenerateRequest"]
     assert fields["title"] == "GenerateRequest" and fields["required"] == ["prompt"]
     assert fields["properties"]["num_images"]["maximum"] == 10
+    assert fields["properties"]["init_image"]["description"] == "data URI; present: img2img"  # its source comment
     assert set(generate["responses"]) >= {"200", "401", "422"}
     error = doc["paths"]["/sdapi/v1/txt2img"]["post"]["responses"]["422"]["content"]["application/json"]
     assert error["schema"] == {"$ref": "#/components/schemas/A1111Error"}
@@ -226,3 +229,9 @@ async def test_subscribing_md_examples_follow_a_task_and_audit_the_stream(client
     audit = await run_script(scripts["audit.py"], stack, tmp_path)
     line = next(line for line in audit.splitlines() if line.startswith(task_id))
     assert " alice txt2img demo completed by " in line and "events=accepted,started,completed" in line
+
+
+def test_field_comments_become_descriptions():
+    assert comments(GenerateRequest)["init_image"] == "data URI; present: img2img"
+    assert "scheduler" not in comments(GenerateRequest)  # a `# type: ignore` is no description
+    assert comments(GenerateRequest)["webhook_events"] == "default: completed, failed, cancelled"  # inherited

@@ -25,6 +25,8 @@ from pydantic.json_schema import models_json_schema
 
 from services.config import Config
 
+from .field_comments import describe
+
 REF = "#/components/schemas/{model}"
 
 # Every auth scheme a dialect may name; the native key header's name comes from the config.
@@ -159,15 +161,18 @@ class _Schemas:
     def __init__(self, models: Iterable[tuple[type, str]]):
         pydantic_models = [(m, mode) for m, mode in dict.fromkeys(models) if _is_pydantic(m)]
         refs, defs = models_json_schema(pydantic_models, ref_template=REF) if pydantic_models else ({}, {})
-        refs, defs = _short_names({model: ref for (model, _), ref in refs.items()}, defs.get("$defs", {}))
+        refs, defs, renames = _short_names({model: ref for (model, _), ref in refs.items()}, defs.get("$defs", {}))
         self.components: dict = defs
         self.refs = refs
+        describe(defs, [m for m, _ in pydantic_models],
+                 lambda cls: renames.get(f"{cls.__module__.replace('.', '__')}__{cls.__name__}", cls.__name__))
         others = [m for m, _ in dict.fromkeys(models) if not _is_pydantic(m)]
         if others:
             found, components = msgspec.json.schema_components(others, ref_template=REF.replace("model", "name"))
             clash = set(components) & set(self.components)
             if clash:
                 raise ValueError(f"two models share the schema names {sorted(clash)}: rename one")
+            describe(components, others)
             self.components.update(components)
             self.refs.update(zip(others, found))
 
@@ -175,18 +180,18 @@ class _Schemas:
         return model if isinstance(model, dict) else self.refs[model]
 
 
-def _short_names(refs: dict, defs: dict) -> tuple[dict, dict]:
+def _short_names(refs: dict, defs: dict) -> tuple[dict, dict, dict]:
     """Models of the same name in two dialects: pydantic names them by module path
     (services__api__fooocus__GenerateRequest); call them FooocusGenerateRequest instead."""
     renames = {name: "".join(p[:1].upper() + p[1:] for p in name.split("__")[-2:])
                for name in defs if "__" in name}
     if not renames:
-        return refs, defs
+        return refs, defs, renames
     text = json.dumps([list(refs.values()), defs])
     for old, new in renames.items():
         text = text.replace(f'"{REF.format(model=old)}"', f'"{REF.format(model=new)}"')
     ref_list, defs = json.loads(text)
-    return dict(zip(refs, ref_list)), {renames.get(k, k): v for k, v in defs.items()}
+    return dict(zip(refs, ref_list)), {renames.get(k, k): v for k, v in defs.items()}, renames
 
 
 def _is_pydantic(model) -> bool:

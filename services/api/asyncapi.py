@@ -12,6 +12,8 @@ import msgspec
 from schemas import events, jobs, queries, subjects, workers
 from services.config import Config
 
+from .field_comments import describe
+
 REF = "#/components/schemas/{name}"
 EVENT_TYPES = events.AnyTaskEvent.__args__
 TRACE_HEADERS = {"type": "object", "properties": {
@@ -201,6 +203,7 @@ def document(config: Config) -> dict:
     streams = subjects.streams(config.tasks_max_age_days)
     types = list(dict.fromkeys(t for ch in CHANNELS for t in (*ch.messages, *filter(None, [ch.reply]))))
     found, components = msgspec.json.schema_components(types, ref_template=REF)
+    describe(components, types)
     refs = dict(zip(types, found))
     channels, operations = {}, {}
     for ch in CHANNELS:
