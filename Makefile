@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	# spandrel without torchvision (no CPU build exists for this torch): see services/upscaler/compat.py
 	$(BIN)/pip install -q --no-deps spandrel
+	# docker-compose validates compose/ in the tests (no Docker engine needed); best effort, as root only
+	command -v docker-compose >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get install -y -qq docker-compose >/dev/null 2>&1 || \
+		 (apt-get update -qq && apt-get install -y -qq docker-compose) >/dev/null 2>&1) || \
+		echo "docker-compose not installed: tests/test_compose.py will skip its compose checks"
 	touch $@
 
 # Swagger UI and ReDoc from the npm registry (no CDN at run time): see tools/web-assets.sh

@@ -5,7 +5,9 @@ import logging
 import os
 import sys
 
+from . import metrics, telemetry
 from .config import ConfigError, load
+from .storage import StorageError
 
 SERVICE_COMMANDS = ("up", "api", "gpu-worker", "upscaler", "projector", "notifier")
 
@@ -24,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     for name in SERVICE_COMMANDS:
         c = commands.add_parser(name, help="run every service" if name == "up" else f"run the {name} service")
         c.add_argument("--config", help="config.yaml (default: built-in defaults and DIFFBUS_* variables)")
-        c.add_argument("--nats", help="NATS URL, overriding nats.url")
+        c.add_argument("--nats", help="NATS URL (or several, comma-separated), overriding nats.url and nats.servers")
         if name == "projector":
             c.add_argument("--rebuild", action="store_true",
                            help="delete the task database and replay the TASKS stream into a fresh one")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         nats_url = getattr(args, "nats", None)
-        config = load(args.config, **({"nats": {"url": nats_url}} if nats_url else {}))
+        config = load(args.config, **({"nats": nats_override(nats_url)} if nats_url else {}))
         if args.command == "generate":
             from . import client
 
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             from .up import up
 
             return up(config)
+        telemetry.setup(args.command)
+        if args.command != "api":  # the API serves /metrics on its own port
+            metrics.serve(config)
         if args.command == "api":
             from . import api
 
@@ -102,10 +107,18 @@ def main(argv: list[str] | None = None) -> int:
             from . import projector
 
             projector.main(config, rebuild=args.rebuild)
-    except ConfigError as e:
+    except (ConfigError, StorageError) as e:
         print(f"diffbus: {e}", file=sys.stderr)
         return 2
+    finally:
+        telemetry.shutdown()
     return 0
+
+
+def nats_override(value: str) -> dict:
+    """--nats URL, or several comma-separated (a cluster)."""
+    urls = [u.strip() for u in value.split(",") if u.strip()]
+    return {"url": urls[0], "servers": urls if len(urls) > 1 else []}
 
 
 if __name__ == "__main__":

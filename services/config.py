@@ -9,7 +9,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
@@ -97,6 +97,43 @@ class UpscalerConfig(_Section):
 
 class NatsConfig(_Section):
     url: str = "nats://127.0.0.1:4222"
+    servers: list[str] = []  # a cluster: several URLs (the client fails over between them); default [url]
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    creds: str | None = None  # a .creds file (JWT + nkey seed)
+    tls_ca: str | None = None  # CA bundle to verify the servers with (implies TLS)
+    tls_cert: str | None = None  # client certificate and key, when the servers ask for one
+    tls_key: str | None = None
+    replicas: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1  # of every stream and bucket: 3 in a cluster
+
+    @property
+    def urls(self) -> list[str]:
+        return list(self.servers) or [self.url]
+
+
+class StorageConfig(_Section):
+    """Where images live: the JetStream object store (`nats`, nothing else to run) or S3 (`s3`)."""
+
+    backend: Literal["nats", "s3"] = "nats"
+    endpoint: str | None = None  # host:port, or a URL whose scheme sets `secure`
+    access_key: str | None = None
+    secret_key: str | None = None
+    bucket: str = "diffbus"  # created when missing
+    secure: bool = True  # https
+    region: str = "us-east-1"
+    public_base_url: str | None = None  # result URLs are <this>/<key> (a public bucket or CDN) ...
+    presign_ttl: Seconds = 7 * 86400  # ... else presigned GET URLs valid this many seconds (S3 allows 7 days)
+    # Presigned URLs name the host they were signed for: when clients reach the store at another
+    # address than the services do (http://minio:9000 inside compose), sign for this one.
+    public_endpoint: str | None = None
+
+
+class MetricsConfig(_Section):
+    """Prometheus: the API answers GET /metrics on its own port; other services on this port, when set."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
 
 
 class BatchingConfig(_Section):
@@ -171,6 +208,8 @@ class SdWorkManagerConfig(_Section):
 class Config(_Section):
     data_dir: str = "data"
     nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     api: ApiConfig = msgspec.field(default_factory=ApiConfig)
     limits: Limits = msgspec.field(default_factory=Limits)
     defaults: Defaults = msgspec.field(default_factory=Defaults)
@@ -209,6 +248,11 @@ class Config(_Section):
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise msgspec.ValidationError(f"{network!r} is not a network - at `$.notifier.allowed_networks`") from None
+        if self.storage.backend == "s3" and not (self.storage.endpoint and self.storage.access_key
+                                                  and self.storage.secret_key):
+            raise msgspec.ValidationError("the s3 backend needs endpoint, access_key and secret_key - at `$.storage`")
+        if self.storage.presign_ttl > 7 * 86400:
+            raise msgspec.ValidationError("presign_ttl is at most 7 days (604800 s) - at `$.storage`")
         if self.progress.preview_format not in ("webp", "jpeg"):
             raise msgspec.ValidationError("preview_format must be webp or jpeg - at `$.progress`")
         if self.default_model is None:

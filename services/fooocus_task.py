@@ -3,6 +3,7 @@
 
 from schemas.events import Progress, TaskStatus
 from schemas.queries import TaskRecord
+from services.storage import FileUrl
 
 STATUS = {TaskStatus.PENDING: "pending", TaskStatus.PROCESSING: "running", TaskStatus.COMPLETED: "finished",
           TaskStatus.FAILED: "failed", TaskStatus.CANCELLED: "stop"}  # "stop": Fooocus's word for stopped
@@ -26,9 +27,10 @@ def preview_uri(progress: Progress | None) -> str | None:
     return f"data:image/{progress.preview_format or 'webp'};base64,{progress.preview}"
 
 
-def task_object(record: TaskRecord, base_url: str, progress: Progress | None = None,
+def task_object(record: TaskRecord, file_url: FileUrl, progress: Progress | None = None,
                 results: list[str] | None = None) -> dict:
-    """`results`: what `result` lists instead of the image URLs (base64 when require_base64).
+    """`file_url`: storage key -> download URL (Storage.url). `results`: what `result` lists instead
+    of the image URLs (base64 when require_base64).
     A running task also carries `preview`, the latest preview as a data URI ("" before the first)."""
     view = {
         "id": record.number if record.number is not None else -1,
@@ -40,7 +42,7 @@ def task_object(record: TaskRecord, base_url: str, progress: Progress | None = N
         "task_status": STATUS[record.status],
         "progress": percent(record, progress),
         "webhook_url": record.callback_url or "",
-        "result": results if results is not None else [f"{base_url}/files/{i.key}" for i in record.images],
+        "result": results if results is not None else [file_url(i.key) for i in record.images],
         "error_message": record.error_message,
     }
     if record.status is TaskStatus.PROCESSING:

@@ -22,7 +22,7 @@ from schemas.events import Cancelled, CancelRequested, Completed, Failed, ImageR
 from schemas.jobs import Job, job_subject
 from schemas.workers import WorkerAnnouncement
 
-from . import bus, storage
+from . import bus, metrics, storage, telemetry
 from .config import Config
 from .lifecycle import stop_event
 
@@ -102,8 +102,8 @@ class JobWorker:
         await self.prepare()
         self.cancels = await self.js.key_value(subjects.CANCEL_BUCKET)
         kv = await self.js.key_value(subjects.WORKERS_BUCKET)
-        background = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
         await self._subscribe()
+        background = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
         self.ready.update(range(len(self.queues)))  # jobs may have queued before this worker started
         log.info("%s ready", self.id)
         try:
@@ -150,10 +150,10 @@ class JobWorker:
         wcfg = self.config.worker
         for subject, durable in self.queue_subjects():
             self.queue_of[subject] = len(self.queues)
-            self.queues.append(await self.js.pull_subscribe(
+            self.queues.append(await bus.retry(lambda subject=subject, durable=durable: self.js.pull_subscribe(
                 subject, durable=durable, stream=subjects.JOBS,
                 config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_s,
-                                      max_deliver=wcfg.max_deliver, max_ack_pending=1000)))
+                                      max_deliver=wcfg.max_deliver, max_ack_pending=1000)), f"consumer {durable}"))
             # A doorbell: job publishes reach core subscribers too, so an idle worker wakes at once.
             self.subs.append(await self.nc.subscribe(subject, cb=self._ring))
             self.subs.append(await self.nc.subscribe(
@@ -174,28 +174,31 @@ class JobWorker:
                 self.ready.update(range(len(self.queues)))
             return None
         index = min(self.ready)
-        try:
-            [msg] = await self.queues[index].fetch(1, timeout=FETCH_S)
-        except TimeoutError:  # nats-py raises both its own and the builtin one
+        fetched = await bus.fetch(self.queues[index], 1, FETCH_S)
+        if not fetched:
             self.ready.discard(index)
             return None
+        [msg] = fetched
         if msg.metadata.num_pending == 0:
             self.ready.discard(index)
         return msg
 
     async def _handle(self, msgs: list) -> None:
-        """Run one job, or (dynamic batching) several compatible ones as one call, and settle each."""
+        """Run one job, or (dynamic batching) several compatible ones as one call, and settle each.
+        Traced as one span, child of the first job's publish (the other jobs of a batch are linked)."""
         entries: list[_Entry] = []
-        try:
-            for msg in msgs:
-                entry = await self._admit(msg)
-                if entry is not None:
-                    entries.append(entry)
-            if entries:
-                await self._run(entries)
-        finally:
-            for entry in entries:
-                await entry.watch.unsubscribe()
+        with telemetry.consuming(f"{self.kind}.job", [m.headers for m in msgs], worker=self.id,
+                                 subject=msgs[0].subject, jobs=len(msgs)):
+            try:
+                for msg in msgs:
+                    entry = await self._admit(msg)
+                    if entry is not None:
+                        entries.append(entry)
+                if entries:
+                    await self._run(entries)
+            finally:
+                for entry in entries:
+                    await entry.watch.unsubscribe()
 
     async def _admit(self, msg) -> "_Entry | None":
         """Decode a job and watch for its cancellation; None when it is already settled here."""
@@ -264,6 +267,7 @@ class JobWorker:
                     await bus.publish_event(self.js, Completed(
                         task_id=e.job.task_id, at=time.time(), worker=self.id, images=results,
                         elapsed_s=time.perf_counter() - started))
+                    metrics.TASKS_COMPLETED.labels(metrics.kind(e.job.spec)).inc()
                 await e.msg.ack_sync()
         finally:
             for heartbeat in heartbeats:
@@ -272,13 +276,13 @@ class JobWorker:
     async def publish_next_stage(self, job: Job, inputs: list[str]) -> None:
         """Hand the task to the worker of its next stage (its queue depends on the stage)."""
         nxt = Job(task_id=job.task_id, spec=job.spec, priority=job.priority, stage=job.stage + 1, inputs=inputs)
-        await self.js.publish(job_subject(nxt), encode(nxt),
-                              headers={"Nats-Msg-Id": subjects.job_msg_id(job.task_id, nxt.stage)})
+        await bus.publish(self.js, job_subject(nxt), encode(nxt),
+                          telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(job.task_id, nxt.stage)}))
 
     async def execute(self, fn, stopped: tuple[type, ...] = (), failed: tuple[type, ...] = ()):
         """Run blocking work in the executor: `stopped` errors mean Interrupted, `failed` ones JobError."""
         try:
-            return await self.loop.run_in_executor(self.executor, fn)
+            return await self.loop.run_in_executor(self.executor, telemetry.in_context(fn))
         except stopped:
             raise Interrupted() from None
         except failed as e:
@@ -318,6 +322,10 @@ class JobWorker:
 
     async def _fail(self, msg, task_id: str, error: str) -> None:
         await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(), error=error, worker=self.id))
+        try:
+            metrics.TASKS_FAILED.labels(metrics.kind(decode(msg.data, Job).spec)).inc()
+        except Exception:  # noqa: BLE001 - an undecodable job has no kind to count under
+            metrics.TASKS_FAILED.labels("unknown").inc()
         await msg.term()
 
     async def _finished(self, task_id: str) -> bool:
@@ -367,10 +375,12 @@ class JobWorker:
 
 
 async def serve(config: Config, name: str, make_worker) -> None:
-    """A worker service's whole life: connect, ensure the streams, run until stopped, drain."""
+    """A worker service's whole life: connect, ensure the streams, open storage, run until stopped, drain."""
     nc = await bus.connect(config, name)
     try:
         await bus.ensure(nc.jetstream(), config)
-        await make_worker(nc).run(stop_event())
+        worker = make_worker(nc)
+        worker.storage = await storage.open_storage(config, worker.js)
+        await worker.run(stop_event())
     finally:
         await nc.drain()

@@ -6,6 +6,7 @@ Ctrl-C or SIGTERM stops them in order (api first, nats-server last) so in-flight
 
 import base64
 import logging
+import os
 import secrets
 import signal
 import subprocess
@@ -65,9 +66,17 @@ class Supervisor:
         cmd = [sys.executable, "-m", "services.cli", service, "--nats", self.nats_url]
         return cmd + (["--config", self.config.source] if self.config.source else [])
 
+    def env(self, service: str) -> dict[str, str] | None:
+        """With metrics.port set, each service but the API (which has /metrics) gets its own port
+        from there on, in start order."""
+        port = self.config.metrics.port
+        if not port or service == "api":
+            return None
+        return {**os.environ, "DIFFBUS_METRICS__PORT": str(port + SERVICES.index(service))}
+
     def spawn(self, service: str) -> None:
         self.children[service] = subprocess.Popen(self.command(service), start_new_session=True,
-                                                  preexec_fn=die_with_parent)
+                                                  preexec_fn=die_with_parent, env=self.env(service))
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,11 +128,11 @@ def up(config: Config) -> int:
                  "`make run CONFIG=config.yaml` (see README)")
     host = urlsplit(config.nats.url).hostname
     nats = None
-    if host in ("127.0.0.1", "localhost", "::1"):
+    if host in ("127.0.0.1", "localhost", "::1") and not config.nats.servers:  # a cluster runs on its own
         nats = EmbeddedNats(config.nats.url, Path(config.data_dir) / "nats").start()
         log.info("nats-server with JetStream on %s (data in %s)", nats.url, nats.store_dir)
     try:
-        return Supervisor(config, config.nats.url).run()
+        return Supervisor(config, ",".join(config.nats.urls)).run()
     finally:
         if nats is not None:
             nats.stop()

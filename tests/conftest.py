@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from .stack import ALICE, Stack, wait_until
+from .weed import ACCESS_KEY, SECRET_KEY, WeedMini
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +59,34 @@ def wait_ready(stack: Stack, timeout: float = 90) -> None:
 def stack(tmp_path_factory, demo_model, upscaler_models, loras):
     """One diffbus for the session: nats-server, projector, notifier, upscaler, one gpu worker, api."""
     s = Stack(tmp_path_factory.mktemp("stack"), demo_model, upscaler_models, loras).start_all()
+    try:
+        wait_ready(s)
+        yield s
+        assert not s.crashed(), f"a service died during the tests:\n{s.logs()}"
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (SeaweedFS `weed mini`) on loopback for the session."""
+    server = WeedMini(tmp_path_factory.mktemp("weed")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_storage(server: WeedMini, **overrides) -> dict:
+    """The `storage` config section for `server`."""
+    return {"backend": "s3", "endpoint": f"http://{server.endpoint}", "access_key": ACCESS_KEY,
+            "secret_key": SECRET_KEY, "bucket": "diffbus-results", **overrides}
+
+
+@pytest.fixture(scope="session")
+def s3_stack(tmp_path_factory, demo_model, s3_server):
+    """The session's diffbus again, storing inputs and results in S3 (presigned URLs)."""
+    s = Stack(tmp_path_factory.mktemp("s3stack"), demo_model, storage=s3_storage(s3_server)).start_all()
     try:
         wait_ready(s)
         yield s

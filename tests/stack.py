@@ -56,12 +56,12 @@ class Stack:
         self.nats.start()
         return self
 
-    def start(self, service: str, *args: str) -> subprocess.Popen:
+    def start(self, service: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log_path = self.root / f"{service}-{len(self.procs)}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "services.cli", service, "--config", str(self.config_path), *args],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         proc.log_path = log_path
         self.procs.append(proc)
         return proc

@@ -1,8 +1,23 @@
-"""A user generates images through the native dialect and downloads them."""
+"""A user generates images through the native dialect and downloads them: with the default storage
+(the JetStream object store, images served by the API) and with S3 (a real `weed mini`, images
+downloaded from presigned URLs)."""
 
+import aiohttp
 import numpy as np
+import pytest
 
-from .conftest import decode_image, png_data_uri
+from .conftest import Client, decode_image, png_data_uri
+
+
+@pytest.fixture(params=["nats", "s3"], scope="module")
+def backend_stack(request):
+    return request.getfixturevalue("stack" if request.param == "nats" else "s3_stack")
+
+
+@pytest.fixture
+async def client(backend_stack):
+    async with aiohttp.ClientSession() as session:
+        yield Client(session, backend_stack.base_url)
 
 FAST = {"num_inference_steps": 4}
 

@@ -5,10 +5,13 @@ import asyncio
 import base64
 import io
 
+import aiohttp
 from PIL import Image
 
-from .conftest import decode_image, png_data_uri
-from .stack import ALICE, SDWM_SECRET
+from services import config
+
+from .conftest import Client, decode_image, health, png_data_uri
+from .stack import ALICE, SDWM_SECRET, Stack, wait_until
 
 NEGATIVE = "deformed,lowres,deformed,bad anatomy,disfigured,poorly drawn face,mutation"
 
@@ -107,3 +110,39 @@ async def test_a_task_is_visible_in_every_dialect(client):
     state = await state_when_done(client, number)
     with Image.open(io.BytesIO(base64.b64decode(state["resultImages"][0]))) as img:
         assert img.size == (64, 64) and state["resultSeed"] == 4
+
+
+def test_the_originals_config_keys_work(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text('{"webApiListenHost": "0.0.0.0", "webApiListenPort": 17059, "webApiSecret": "qwert12345",'
+                    ' "storageDBUrl": "sqlite::memory:"}')
+    loaded = config.load(path, environ={})
+    assert (loaded.api.host, loaded.api.port, loaded.sdwm.secret) == ("0.0.0.0", 17059, "qwert12345")
+    assert loaded.projector.db == ":memory:"
+    path.write_text('{"storageDBUrl": "sqlite:tasks-sdwm.db"}')
+    assert config.load(path, environ={}).projector.db == "tasks-sdwm.db"
+
+
+async def test_an_in_memory_projection_is_rebuilt_at_each_start(tmp_path, demo_model):
+    """storageDBUrl: sqlite::memory: — nothing on disk, and a restarted projector still knows every task."""
+    stack = Stack(tmp_path, demo_model, projector={"db": ":memory:"}).start_nats()
+    try:
+        projector = stack.start("projector")
+        stack.start("api")
+        wait_until(lambda: health(stack.base_url), 30, "the api", stack)
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, stack.base_url)
+            task_id = await client.submit({"prompt": "kept", "num_inference_steps": 2})  # no worker: stays pending
+            for _ in range(2):
+                for _ in range(100):
+                    async with session.get(f"{stack.base_url}/api/v1/tasks", headers={"X-API-Key": ALICE}) as r:
+                        tasks = (await r.json())["tasks"] if r.status == 200 else []  # 503 while it restarts
+                    if tasks:
+                        break
+                    await asyncio.sleep(0.1)
+                assert [t["task_id"] for t in tasks] == [task_id] and tasks[0]["status"] == "pending"
+                Stack.stop(projector)
+                projector = stack.start("projector")
+        assert not list((tmp_path / "data").glob("*.db"))
+    finally:
+        stack.close()

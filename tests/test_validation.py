@@ -85,7 +85,9 @@ async def test_health_needs_no_key(client):
     for path in ("/health", "/api/health"):
         resp = await client.session.get(client.base_url + path)
         assert resp.status == 200
-        assert await resp.json() == {"status": "ok", "model_loaded": True}
+        body = await resp.json()
+        assert body["status"] == "ok" and body["model_loaded"] is True
+        assert set(body["dependencies"]) == {"nats", "storage", "projector", "workers"}
 
 
 async def test_tasks_belong_to_the_key_that_made_them(client):

@@ -143,6 +143,7 @@ async def test_fooocus_dialect_gets_its_task_object(receiver, stack):
     await publish_task(stack, task_id, spec, receiver.url(hook), dialect="fooocus")
     body = verified((await receiver.wait(hook))[0])
     assert body["task_id"] == task_id and body["task_status"] == "finished" and body["progress"] == 100
+    assert body["id"] > 0  # the task's number, as GET /tasks/{id} shows it
     assert body["webhook_url"] == receiver.url(hook)
     assert len(body["result"]) == 1 and body["result"][0].endswith(f"/files/results/{task_id}/0.png")
     assert body["in_queue_mills"] <= body["start_mills"] <= body["finish_mills"]

@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import nats.errors
 from aiohttp import web
 from pydantic import BaseModel
 
@@ -34,6 +35,8 @@ async def error_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as e:
         status, detail, headers = e.status, e.detail, e.headers
+    except (nats.errors.Error, TimeoutError) as e:  # NATS lost or failing over: worth a retry
+        status, detail, headers = 503, f"job queue unavailable, retry shortly: {type(e).__name__}", {"Retry-After": "1"}
     except web.HTTPRequestEntityTooLarge as e:
         status, detail, headers = 413, e.text, None
     except web.HTTPException as e:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas.events import TaskStatus
 from schemas.queries import TaskRecord
 from services.fooocus_task import preview_uri, task_object
+from services.storage import FileUrl
 
 from . import apidoc, history, live, native, samplers, seed_examples, validation
 from .auth import Principal
@@ -288,7 +289,7 @@ async def _outpaint(ctx, req: GenerateRequest, body: dict) -> None:
     body["outpaint"] = margins
 
 
-async def build(ctx, req: GenerateRequest, base_url: str):
+async def build(ctx, req: GenerateRequest, file_url: FileUrl):
     """(JobSpec, req_params): the spec to run and the request as history keeps it (images as URLs)."""
     config = ctx.config
     _unsupported(req)
@@ -316,7 +317,7 @@ async def build(ctx, req: GenerateRequest, base_url: str):
             spec, seed_increment=not req.disable_seed_increment,
             metadata=req.metadata_scheme if req.save_metadata_to_images else None,
             **({"scheduler": cls, "scheduler_options": options} if cls else {}))
-    return spec, req_params(req, spec, base_url)
+    return spec, req_params(req, spec, file_url)
 
 
 async def _upscale_spec(ctx, req: GenerateRequest, scale: float):
@@ -332,7 +333,7 @@ async def _upscale_spec(ctx, req: GenerateRequest, scale: float):
     return await native.upscale_spec(ctx, native_req, image, (round(image.width * scale), round(image.height * scale)))
 
 
-def req_params(req: GenerateRequest, spec, base_url: str) -> dict:
+def req_params(req: GenerateRequest, spec, file_url: FileUrl) -> dict:
     """The whole request with its defaults, each input image replaced by the URL it is stored at."""
     params = req.model_dump(mode="json")
     keys = {"uov_input_image": getattr(spec, "init_image", None) or getattr(spec, "image", None),
@@ -340,7 +341,7 @@ def req_params(req: GenerateRequest, spec, base_url: str) -> dict:
             "inpaint_mask_image_upload": getattr(spec, "mask_image", None)}
     for field in IMAGE_FIELDS:
         if params.get(field):
-            params[field] = f"{base_url}/files/{keys[field]}" if keys[field] else None
+            params[field] = file_url(keys[field]) if keys[field] else None
     return params
 
 
@@ -370,11 +371,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
     binary = not req.async_process and not req.stream_output
     if binary:
         req.image_number = 1
-    base_url = ctx.base_url(request)
-    spec, params = await build(ctx, req, base_url)
+    file_url = ctx.file_urls(request)
+    spec, params = await build(ctx, req, file_url)
     record = await ctx.tasks.submit(spec, who, dialect=DIALECT, callback_url=webhook, request=params)
     if req.async_process:
-        return web.json_response(task_object(record, base_url))
+        return web.json_response(task_object(record, file_url))
     if req.stream_output:
         return await _stream(request, who, record, req)
     return await _binary(ctx, who, record)
@@ -424,7 +425,7 @@ async def _stream(request: web.Request, who: Principal, record: TaskRecord, req:
             if done.status is TaskStatus.COMPLETED:
                 await resp.write(_line(100, f"Saving {images} to system ..."))
                 await resp.write(_line(100, "Finished", images=await results(ctx, done, req.require_base64,
-                                                                              ctx.base_url(request))))
+                                                                              ctx.file_urls(request))))
             elif done.status is TaskStatus.FAILED:
                 await resp.write(_line(last, f"Failed: {done.error_message}"))
             else:
@@ -432,17 +433,17 @@ async def _stream(request: web.Request, who: Principal, record: TaskRecord, req:
     return resp
 
 
-async def results(ctx, record: TaskRecord, as_base64: bool, base_url: str) -> list[str]:
+async def results(ctx, record: TaskRecord, as_base64: bool, file_url: FileUrl) -> list[str]:
     if not as_base64:
-        return [f"{base_url}/files/{image.key}" for image in record.images]
+        return [file_url(image.key) for image in record.images]
     return [base64.b64encode(await ctx.tasks.storage.get(image.key) or b"").decode() for image in record.images]
 
 
-async def _view(ctx, record: TaskRecord, base_url: str) -> dict:
+async def _view(ctx, record: TaskRecord, file_url: FileUrl) -> dict:
     progress = await ctx.tasks.last_progress(record.task_id) if record.status is TaskStatus.PROCESSING else None
     base64_wanted = bool((record.request or {}).get("require_base64"))
-    found = await results(ctx, record, True, base_url) if base64_wanted and record.images else None
-    return task_object(record, base_url, progress, found)
+    found = await results(ctx, record, True, file_url) if base64_wanted and record.images else None
+    return task_object(record, file_url, progress, found)
 
 
 LISTS = {"history": [s for s in TaskStatus if s.is_terminal()], "current": [TaskStatus.PROCESSING],
@@ -471,12 +472,12 @@ async def tasks(request: web.Request) -> web.Response:
         deleted = {r.task_id for r in await history.delete_all(request, who, history.task_list(request, who, []))}
     elif request.query.get("action"):
         raise history.query_error("action", "the only action is delete")
-    base_url = ctx.base_url(request)
+    file_url = ctx.file_urls(request)
     out: dict[str, list] = {name: [] for name in LISTS}
     for name, statuses in LISTS.items():
         if query in ("all", name):
             page = await ctx.tasks.page(history.task_list(request, who, statuses, first_page=0))
-            out[name] = [await _view(ctx, r, base_url) for r in page.tasks if r.task_id not in deleted]
+            out[name] = [await _view(ctx, r, file_url) for r in page.tasks if r.task_id not in deleted]
     return web.json_response(out)
 
 
@@ -484,7 +485,7 @@ async def tasks(request: web.Request) -> web.Response:
 async def task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.get(request.match_info["task_id"], principal(request))
-    return web.json_response(await _view(ctx, record, ctx.base_url(request)))
+    return web.json_response(await _view(ctx, record, ctx.file_urls(request)))
 
 
 @DOCS.route("GET", "/v1/engines/all-models", "Model and LoRA file names", response=AllModels, errors=(401,))

@@ -2,6 +2,7 @@
 
 import io
 import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -30,7 +31,6 @@ from . import apidoc, history, live, seed_examples, validation
 from .context import CTX
 from .errors import ApiError, FastApiError, invalid
 from .native_replies import CancelView, ModelList, PngInfo, TaskCreated, TaskPageView, TaskView
-from .system import file_url
 
 DIALECT = "native"
 SEED_RANGE = 2**32
@@ -135,8 +135,8 @@ def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
-def task_view(record: TaskRecord, base_url: str) -> dict:
-    urls = [file_url(base_url, image.key) for image in record.images]
+def task_view(record: TaskRecord, file_url: Callable[[str], str]) -> dict:
+    urls = [file_url(image.key) for image in record.images]
     return {
         "task_id": record.task_id,
         "status": record.status.value,
@@ -354,7 +354,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.get(request.match_info["task_id"], _principal(request))
-    return web.json_response(task_view(record, ctx.base_url(request)))
+    return web.json_response(task_view(record, ctx.file_urls(request)))
 
 
 @DOCS.route("GET", "/api/v1/tasks", "This key's tasks, newest first, page by page", response=TaskPageView,
@@ -371,8 +371,8 @@ async def list_tasks(request: web.Request) -> web.Response:
             raise history.query_error("status", f"one of {[s.value for s in TaskStatus]}") from None
     query = history.task_list(request, principal, statuses)
     page = await ctx.tasks.page(query)
-    base_url = ctx.base_url(request)
-    return web.json_response({"tasks": [task_view(r, base_url) for r in page.tasks], "total": page.total,
+    file_url = ctx.file_urls(request)
+    return web.json_response({"tasks": [task_view(r, file_url) for r in page.tasks], "total": page.total,
                               "page": query.offset // query.limit + 1, "page_size": query.limit})
 
 
@@ -389,7 +389,7 @@ async def delete_task(request: web.Request) -> web.Response:
 async def cancel_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.cancel(request.match_info["task_id"], _principal(request))
-    view = task_view(record, ctx.base_url(request))
+    view = task_view(record, ctx.file_urls(request))
     view["message"] = ("Task cancelled" if record.status is TaskStatus.CANCELLED
                        else "Cancel requested; the task stops at its next step")
     return web.json_response(view)
@@ -399,8 +399,8 @@ async def cancel_task(request: web.Request) -> web.Response:
             media_type="text/event-stream", errors=(401, 404),
             params=(apidoc.Param("Last-Event-ID", "header", description="resume after this event"),))
 async def task_events(request: web.Request) -> web.StreamResponse:
-    base_url = request.app[CTX].base_url(request)
-    return await live.sse(request, _principal(request), lambda record: task_view(record, base_url))
+    file_url = request.app[CTX].file_urls(request)
+    return await live.sse(request, _principal(request), lambda record: task_view(record, file_url))
 
 
 @DOCS.route("GET", "/api/v1/ws", "Follow tasks live (WebSocket)", security=("ApiKey", "ApiKeyQuery"), errors=(401,),
@@ -416,8 +416,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         request.query.get("api_key"))
     if principal is None:
         raise ApiError(401, "Invalid or missing API key")
-    base_url = ctx.base_url(request)
-    return await live.websocket(request, principal, lambda record: task_view(record, base_url))
+    file_url = ctx.file_urls(request)
+    return await live.websocket(request, principal, lambda record: task_view(record, file_url))
 
 
 def register(app: web.Application) -> None:

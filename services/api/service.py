@@ -4,7 +4,7 @@ import logging
 
 from aiohttp import web
 
-from services import bus
+from services import bus, storage
 from services.config import Config
 from services.lifecycle import stop_event
 
@@ -23,9 +23,14 @@ async def run(config: Config) -> None:
     nc = await bus.connect(config, "api")
     js = nc.jetstream()
     await bus.ensure(js, config)
+    try:
+        store = await storage.open_storage(config, js)
+    except storage.StorageError:
+        await nc.close()
+        raise
     workers = WorkerDirectory(js, stale_after_s=3 * config.worker.announce_every_s)
     await workers.start()
-    app = create_app(ApiContext(config=config, keyring=keyring, tasks=Tasks(config, nc), workers=workers,
+    app = create_app(ApiContext(config=config, keyring=keyring, tasks=Tasks(config, nc, store), workers=workers,
                                 loras=LoraCatalog(workers)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

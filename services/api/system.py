@@ -1,31 +1,49 @@
-"""Routes outside any dialect: health and stored files."""
+"""Routes outside any dialect: health, metrics and stored files."""
+
+from typing import Literal
 
 import msgspec
 from aiohttp import web
 
-from services import storage
+from services import metrics, storage
 
 from . import apidoc
 from .context import CTX
 from .errors import ApiError, FastApiError
+from .health import Health
+
+HEALTH = web.AppKey("health", Health)
 
 CACHE_FOREVER = "public, max-age=31536000, immutable"  # keys never change content
-DOCS = apidoc.Docs("system", "Health and stored files: no key needed.", security=(), error_model=FastApiError)
+DOCS = apidoc.Docs("system", "Health, metrics and stored files: no key needed.", security=(),
+                   error_model=FastApiError)
 
 
-class Health(msgspec.Struct):
-    status: str  # "ok"
+class HealthReport(msgspec.Struct):
+    status: Literal["ok", "degraded", "unavailable"]  # degraded: accepts work, but tasks may wait
     model_loaded: bool  # a live worker has a model loaded
+    dependencies: dict[str, dict]  # nats, storage, projector, workers: each {ok, ...}
 
 
 IMAGE = {"type": "string", "contentMediaType": "image/*", "description": "the file's bytes"}
 
 
-@DOCS.route("GET", "/health", "Service status", response=Health)
-@DOCS.route("GET", "/api/health", "Service status", response=Health)
+@DOCS.route("GET", "/health", "Service status", response=HealthReport, errors=(503,))
+@DOCS.route("GET", "/api/health", "Service status", response=HealthReport, errors=(503,))
 async def health(request: web.Request) -> web.Response:
+    """Each dependency (NATS, storage, projector, workers); 503 when the API cannot accept work."""
+    status, body = await request.app[HEALTH].report()
+    return web.json_response(body, status=status)
+
+
+@DOCS.route("GET", "/metrics", "Prometheus metrics", response={"type": "string"}, media_type="text/plain")
+async def prometheus(request: web.Request) -> web.Response:
+    """GET /metrics: Prometheus text; queue gauges are read from JetStream now."""
     ctx = request.app[CTX]
-    return web.json_response({"status": "ok", "model_loaded": bool(ctx.workers.loaded_models())})
+    await metrics.refresh_queues(ctx.tasks.js, ctx.config)
+    for kind in ("gpu", "upscale"):
+        metrics.WORKERS_ANNOUNCED.labels(kind).set(sum(w.kind == kind for w in ctx.workers.live()))
+    return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 @DOCS.route("GET", "/files/{key}", "A stored image (results and inputs)", response=IMAGE, media_type="image/*",
@@ -39,11 +57,9 @@ async def file(request: web.Request) -> web.Response:
                         headers={"Cache-Control": CACHE_FOREVER})
 
 
-def file_url(base_url: str, key: str) -> str:
-    return f"{base_url}/files/{key}"
-
-
 def register(app: web.Application) -> None:
+    app[HEALTH] = Health(app[CTX])
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/api/health", health)
     app.router.add_get("/files/{key:.+}", file)

@@ -21,10 +21,10 @@ from schemas.events import (
     TaskStatus,
     WebhookEvent,
 )
-from schemas.jobs import Job, JobSpec, job_subject
+from schemas.jobs import Job, JobSpec, job_subject, stages
 from schemas.queries import TaskGet, TaskList, TaskPage, TaskRecord, TaskReply
 from schemas.subjects import Priority
-from services import bus, storage, taskstate
+from services import bus, metrics, storage, taskstate, telemetry
 from services.config import Config
 
 from .auth import Principal
@@ -37,11 +37,11 @@ IDEMPOTENCY_NS = uuid.UUID("6f1c3a52-3d0e-4d8e-9a34-5b0c8e2f7a10")
 
 
 class Tasks:
-    def __init__(self, config: Config, nc):
+    def __init__(self, config: Config, nc, store: storage.Storage | None = None):
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
-        self.storage = storage.ObjectStoreStorage(self.js)
+        self.storage = store or storage.ObjectStoreStorage(self.js)
 
     async def store_input(self, image: InputImage) -> str:
         """Store an input image under its sha256; jobs carry the key, never the bytes."""
@@ -62,22 +62,32 @@ class Tasks:
         """Publish `accepted` (the audit record, with the whole spec) and then the job; the new task."""
         task_id = task_id or self.task_id_for(principal, idempotency_key)
         if idempotency_key and (existing := await self._from_stream(task_id)) is not None:
-            return existing  # a retried submit: the task exists already
+            # A retried submit: the task exists. Its job may not have been queued if the first try
+            # was cut off (a NATS node lost) between the two publishes: queue it while the task has
+            # neither started nor ended (the job's message id makes a second copy a no-op).
+            if existing.status is TaskStatus.PENDING:
+                job = Job(task_id=task_id, spec=existing.spec, priority=existing.priority)
+                await bus.publish(self.js, job_subject(job), encode(job),
+                                  telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(task_id)}))
+            return existing
         accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
                             priority=priority, dialect=dialect, callback_url=callback_url, request=request,
                             webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
-        try:
-            ack = await bus.publish_event(self.js, accepted)
-        except (nats.errors.Error, TimeoutError) as e:
-            raise ApiError(503, f"job queue unavailable: {e}") from e
         job = Job(task_id=task_id, spec=spec, priority=priority)
-        try:
-            await self.js.publish(job_subject(job), encode(job), headers={"Nats-Msg-Id": subjects.job_msg_id(task_id)})
-        except (nats.errors.Error, TimeoutError) as e:
-            log.error("task %s accepted but not queued: %s", task_id, e)
-            await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
-                                                    error="the job could not be queued"))
-            raise ApiError(503, f"job queue unavailable: {e}") from e
+        with telemetry.span("publish", task_id=task_id, subject=job_subject(job)):
+            try:
+                ack = await bus.publish_event(self.js, accepted)
+            except (nats.errors.Error, TimeoutError) as e:
+                raise ApiError(503, f"job queue unavailable: {e}") from e
+            try:
+                await bus.publish(self.js, job_subject(job), encode(job),
+                                  telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(task_id)}))
+            except (nats.errors.Error, TimeoutError) as e:
+                log.error("task %s accepted but not queued: %s", task_id, e)
+                await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
+                                                        error="the job could not be queued"))
+                raise ApiError(503, f"job queue unavailable: {e}") from e
+        metrics.TASKS_ACCEPTED.labels(metrics.kind(spec)).inc()
         return taskstate.apply(None, accepted, ack.seq)
 
     async def get(self, task_id: str, principal: Principal) -> TaskRecord:
@@ -131,6 +141,8 @@ class Tasks:
         await bus.publish_event(self.js, Deleted(task_id=task_id, at=time.time(), by=principal.owner))
         for image in record.images:
             await self.storage.delete(image.key)
+        if len(stages(record.spec)) > 1:  # images handed between stages (a hires fix) go too
+            await self.storage.delete_prefix(storage.stage_prefix(task_id))
         return record
 
     async def cancel(self, task_id: str, principal: Principal) -> TaskRecord:

@@ -6,6 +6,7 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
+from services import metrics, telemetry
 from services.config import DEMO_MODEL, Config, ModelConfig
 
 from . import demo_model
@@ -49,11 +50,14 @@ class ModelRegistry:
         """The loaded text-to-image pipeline of `name` (blocking: call from the executor)."""
         if name in self._loaded:
             self._loaded.move_to_end(name)
+            metrics.MODEL_CACHE_HITS.labels(name).inc()
             return self._loaded[name]
         model = self._served(name)
-        self._make_room(for_new=True)
-        pipe = self._loaded[name] = self._load(model)
-        self._make_room(for_new=False)
+        with telemetry.span("model.load", model=name, device=self.device):
+            self._make_room(for_new=True)
+            pipe = self._loaded[name] = self._load(model)
+            self._make_room(for_new=False)
+        metrics.MODEL_LOADS.labels(name).inc()
         return pipe
 
     def _make_room(self, for_new: bool) -> None:

@@ -1,6 +1,7 @@
 """gpu_worker: generation jobs for the models it serves. A hires fix with a model upscaler stores the
 first images and hands the task to the upscaler service; its refine stage comes back here."""
 
+import contextlib
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ from schemas.codec import decode
 from schemas.jobs import LATENT_UPSCALER, Img2Img, Inpaint, Job, OutputFormat, batch_key, stage_span, stages
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
-from services import imaging
+from services import bus, imaging, metrics, telemetry
 from services.config import Config
 from services.jobloop import JobWorker, serve
 from services.progress import StepReporter
@@ -81,7 +82,7 @@ class GpuWorker(JobWorker):
 
         def run() -> list[Image.Image] | object:
             pipe = self.registry.pipeline(spec.model)
-            with self.loras.applied(pipe, spec.loras):
+            with self.loras.applied(pipe, spec.loras), denoising(spec.model, spec.num_images, job.stage_name):
                 return generate_with(pipe)
 
         def generate_with(pipe) -> list[Image.Image] | object:
@@ -128,11 +129,8 @@ class GpuWorker(JobWorker):
             return [msg]
         if key is None or images >= settings.max_images:
             return [msg]
-        try:
-            more = await self.queues[self.queue_of[msg.subject]].fetch(
-                settings.max_images - images, timeout=max(settings.max_wait_ms, 1) / 1000)
-        except TimeoutError:
-            return [msg]
+        more = await bus.fetch(self.queues[self.queue_of[msg.subject]], settings.max_images - images,
+                               max(settings.max_wait_ms, 1) / 1000)
         batch = [msg]
         for other in more:
             try:
@@ -160,7 +158,7 @@ class GpuWorker(JobWorker):
 
         def run() -> list[bytes]:
             pipe = self.registry.pipeline(specs[0].model)
-            with self.loras.applied(pipe, specs[0].loras):
+            with self.loras.applied(pipe, specs[0].loras), denoising(specs[0].model, offsets[-1], "batch"):
                 pictures = generate.run_batch(pipe, specs, on_step)
             seeds = [(spec, seed) for spec in specs for seed in spec.seeds]
             return [imaging.encode(p, spec.output_format, imaging.parameters(spec, seed), spec.quality)
@@ -172,7 +170,18 @@ class GpuWorker(JobWorker):
                 for i, job in enumerate(jobs)]
 
 
+@contextlib.contextmanager
+def denoising(model: str, images: int, stage: str):
+    """The denoise span and its metrics (seconds per call, images made)."""
+    with telemetry.span("denoise", model=model, images=images, stage=stage):
+        started = time.perf_counter()
+        yield
+        metrics.DENOISE_SECONDS.labels(model).observe(time.perf_counter() - started)
+        metrics.IMAGES.labels(model).inc(images)
+
+
 async def run(config: Config) -> None:
     registry = ModelRegistry(config)
+    metrics.track_gpu_memory(registry.device)
     await serve(config, "gpu-worker", lambda nc: GpuWorker(config, nc, registry))
 

@@ -13,18 +13,19 @@ from schemas.events import (
     WebhookEvent,
 )
 from services import fooocus_task, taskstate
+from services.storage import FileUrl
 
 
-def file_urls(base_url: str, event) -> list[str]:
-    return [f"{base_url}/files/{image.key}" for image in getattr(event, "images", [])]
+def file_urls(file_url: FileUrl, event) -> list[str]:
+    return [file_url(image.key) for image in getattr(event, "images", [])]
 
 
-def native(accepted: Accepted, event, base_url: str, started_at: float | None) -> dict:
+def native(accepted: Accepted, event, file_url: FileUrl, started_at: float | None, number: int | None) -> dict:
     """seeds/sd_model_api.md: {task_id, status, image_url | image_urls | error_message}."""
     body: dict = {"task_id": accepted.task_id, "event": about(event).value}
     match event:
         case Completed():
-            urls = file_urls(base_url, event)
+            urls = file_urls(file_url, event)
             body["status"] = "completed"
             body.update({"image_url": urls[0]} if len(urls) == 1 else {"image_urls": urls})
         case Failed():
@@ -39,15 +40,15 @@ def native(accepted: Accepted, event, base_url: str, started_at: float | None) -
     return body
 
 
-def fooocus(accepted: Accepted, event, base_url: str, started_at: float | None) -> dict:
+def fooocus(accepted: Accepted, event, file_url: FileUrl, started_at: float | None, number: int | None) -> dict:
     """seeds/fooocusapi.md: the task object of /tasks/{task_id}, as the task stands after `event`."""
-    record = taskstate.apply(None, accepted)
+    record = taskstate.apply(None, accepted, number)
     if started_at is not None:
         record = msgspec.structs.replace(record, status=TaskStatus.PROCESSING, started_at=started_at)
     progress = event if isinstance(event, Progress) else None
     if not isinstance(event, Progress):
         record = taskstate.apply(record, event)
-    return fooocus_task.task_object(record, base_url, progress)
+    return fooocus_task.task_object(record, file_url, progress)
 
 
 RENDERERS = {"native": native, "fooocus": fooocus}
@@ -57,5 +58,7 @@ def about(event) -> WebhookEvent:
     return WebhookEvent.PROGRESS if isinstance(event, Progress) else WebhookEvent(event.name())
 
 
-def render(accepted: Accepted, event, base_url: str, started_at: float | None = None) -> dict:
-    return RENDERERS.get(accepted.dialect, native)(accepted, event, base_url, started_at)
+def render(accepted: Accepted, event, file_url: FileUrl, started_at: float | None = None,
+           number: int | None = None) -> dict:
+    """`number`: the task's number (the stream sequence of its `accepted`), Fooocus's `id`."""
+    return RENDERERS.get(accepted.dialect, native)(accepted, event, file_url, started_at, number)

@@ -23,7 +23,7 @@ from schemas.events import (
     WebhookEvent,
     WebhookFailed,
 )
-from services import bus, webhook_targets
+from services import bus, metrics, storage, telemetry, webhook_targets
 from services.config import Config, ConfigError
 from services.lifecycle import stop_event
 
@@ -51,15 +51,17 @@ def signers(config: Config) -> tuple[Webhook, dict[str, Webhook]]:
 
 
 class Notifier:
-    def __init__(self, config: Config, nc):
+    def __init__(self, config: Config, nc, store: storage.Storage | None = None):
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
         self.signer, self.owner_signers = signers(config)
         self.allowed = webhook_targets.networks(config.notifier.allowed_networks)
         self.base_url = config.public_base_url
+        self.storage = store or storage.ObjectStoreStorage(self.js)
         self.slots = asyncio.Semaphore(config.notifier.max_in_flight)
         self.accepted: OrderedDict[str, Accepted | None] = OrderedDict()
+        self.numbers: dict[str, int | None] = {}
         self.progress_sent: dict[str, float] = {}
         self.tasks: set[asyncio.Task] = set()
 
@@ -69,23 +71,22 @@ class Notifier:
                                          limit=ncfg.max_in_flight)
         self.session = aiohttp.ClientSession(connector=connector,
                                              timeout=aiohttp.ClientTimeout(total=ncfg.timeout_s))
-        events = await self.js.pull_subscribe(
+        events = await bus.retry(lambda: self.js.pull_subscribe(
             "", durable=subjects.NOTIFIER_DURABLE, stream=subjects.TASKS,
             config=ConsumerConfig(filter_subjects=subjects.webhook_triggers(), ack_policy=AckPolicy.EXPLICIT,
                                   deliver_policy=DeliverPolicy.ALL, ack_wait=2 * ncfg.timeout_s + 10,
-                                  max_deliver=-1, max_ack_pending=10 * ncfg.max_in_flight))
+                                  max_deliver=-1, max_ack_pending=10 * ncfg.max_in_flight)), "notifier consumer")
         progress = await self.nc.subscribe(subjects.progress("*"), queue=subjects.NOTIFIER_QUEUE,
                                            cb=self._on_progress)
         log.info("notifier ready")
         try:
             while not stop.is_set():
                 await self.slots.acquire()
-                try:
-                    [msg] = await events.fetch(1, timeout=1.0)
-                except TimeoutError:  # nats-py raises both its own and the builtin one
+                fetched = await bus.fetch(events, 1, 1.0)
+                if not fetched:
                     self.slots.release()
                     continue
-                self._spawn(self._handle(msg))
+                self._spawn(self._handle(fetched[0]))
         finally:
             await progress.unsubscribe()
             await events.unsubscribe()
@@ -108,13 +109,21 @@ class Notifier:
 
     async def _accepted(self, task_id: str) -> Accepted | None:
         if task_id not in self.accepted:
-            data = await bus.last_event(self.js, task_id, Accepted.name())
-            self.accepted[task_id] = None if data is None else decode(data, Accepted)
+            msg = await bus.last_event_msg(self.js, task_id, Accepted.name())
+            self.accepted[task_id] = None if msg is None else decode(msg.data, Accepted)
+            self.numbers[task_id] = None if msg is None else msg.seq  # the task's number (see taskstate)
             if len(self.accepted) > ACCEPTED_CACHE:
-                self.accepted.popitem(last=False)
+                self.numbers.pop(self.accepted.popitem(last=False)[0], None)
         return self.accepted[task_id]
 
+    def file_url(self, key: str) -> str:
+        return self.storage.url(key, self.base_url)
+
     async def _handle(self, msg) -> None:
+        with telemetry.consuming("webhook.deliver", [msg.headers], subject=msg.subject):
+            await self._deliver(msg)
+
+    async def _deliver(self, msg) -> None:
         event = decode_event(msg.data)
         about = payloads.about(event)
         accepted = await self._accepted(event.task_id)
@@ -122,7 +131,8 @@ class Notifier:
             await msg.ack()
             return
         started_at = event.at if isinstance(event, Started) else await self._started_at(event.task_id)
-        body = payloads.render(accepted, event, self.base_url, started_at)
+        body = payloads.render(accepted, event, self.file_url, started_at,
+                               self.numbers.get(event.task_id))
         webhook_id = f"msg_{event.task_id}_{about.value}"
         attempt_no = msg.metadata.num_delivered
         attempt = await self._post(accepted, webhook_id, body)
@@ -131,6 +141,7 @@ class Notifier:
             status_code=attempt.status, latency_ms=attempt.latency_ms, error=attempt.error), about.value, attempt_no)
         result = backoff.outcome(attempt.status)
         if result is backoff.Outcome.DELIVERED:
+            metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
             await bus.publish_event(self.js, WebhookDelivered(
                 task_id=event.task_id, at=time.time(), about=about, webhook_id=webhook_id, attempts=attempt_no),
                 about.value)
@@ -141,8 +152,10 @@ class Notifier:
         if result is backoff.Outcome.RETRY and terminal and not attempt.blocked:
             delay = backoff.retry_delay(attempt_no, self.config.notifier.retry_schedule_s, attempt.retry_after_s)
         if delay is not None:
+            metrics.WEBHOOK_ATTEMPTS.labels("retry").inc()
             await msg.nak(delay=delay)
             return
+        metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
         await bus.publish_event(self.js, WebhookFailed(
             task_id=event.task_id, at=time.time(), about=about, webhook_id=webhook_id, attempts=attempt_no,
             error=attempt.error or f"HTTP {attempt.status}"), about.value)
@@ -174,13 +187,20 @@ class Notifier:
             return  # busy with terminal events: a progress update may be dropped, a result may not
         await self.slots.acquire()
         webhook_id = f"msg_{progress.task_id}_progress_{progress.tick}"
-        self._spawn(self._post(accepted, webhook_id, payloads.render(accepted, progress, self.base_url)))
+        self._spawn(self._post_progress(accepted, webhook_id, payloads.render(accepted, progress, self.file_url,
+                                                                                  number=self.numbers.get(progress.task_id))))
+
+    async def _post_progress(self, accepted: Accepted, webhook_id: str, body: dict) -> None:
+        attempt = await self._post(accepted, webhook_id, body)
+        delivered = backoff.outcome(attempt.status) is backoff.Outcome.DELIVERED
+        metrics.WEBHOOK_ATTEMPTS.labels("delivered" if delivered else "failed").inc()
 
 
 async def run(config: Config) -> None:
     nc = await bus.connect(config, "notifier")
     try:
         await bus.ensure(nc.jetstream(), config)
-        await Notifier(config, nc).run(stop_event())
+        store = await storage.open_storage(config, nc.jetstream())
+        await Notifier(config, nc, store).run(stop_event())
     finally:
         await nc.drain()

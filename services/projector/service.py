@@ -12,7 +12,7 @@ from schemas import subjects
 from schemas.codec import decode, decode_event, encode
 from schemas.events import Progress, TaskStatus
 from schemas.queries import TaskGet, TaskList, TaskPage, TaskReply
-from services import bus
+from services import bus, telemetry
 from services.config import Config
 from services.lifecycle import stop_event
 
@@ -81,32 +81,29 @@ async def run(config: Config, rebuild: bool = False) -> None:
             TaskGet, lambda q: TaskReply(task=tasks.get(q.task_id, q.number)))),
         await nc.subscribe(subjects.TASK_LIST, queue=subjects.PROJECTOR_QUEUE, cb=answerer(TaskList, task_page)),
     ]
-    events = await js.pull_subscribe(
+    events = await bus.retry(lambda: js.pull_subscribe(
         subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS,
         config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
-                              ack_wait=30, max_ack_pending=10_000))
+                              ack_wait=30, max_ack_pending=10_000)), "projector consumer")
     log.info("projector ready: %s", db_path)
     stop = stop_event()
     try:
         while not stop.is_set():
-            try:
-                msgs = await events.fetch(1, timeout=1.0)
-            except TimeoutError:  # nats-py raises both its own and the builtin one
+            msgs = await bus.fetch(events, 1, 1.0)
+            if not msgs:
                 continue
             # Then exactly what is waiting: a bigger pull would wait for its batch to fill.
             waiting = min(msgs[-1].metadata.num_pending, BATCH)
             if waiting:
-                try:
-                    msgs += await events.fetch(waiting, timeout=1.0)
-                except TimeoutError:
-                    pass
+                msgs += await bus.fetch(events, waiting, 1.0)
             batch = []
             for m in msgs:
                 try:
                     batch.append((m.metadata.sequence.stream, decode_event(m.data)))
                 except Exception as e:  # noqa: BLE001 - an undecodable event is skipped, not retried
                     log.error("skipping undecodable event at %s: %s", m.subject, e)
-            tasks.apply(batch)
+            with telemetry.applying("projector.apply", msgs):  # one span per event, in the trace the event carried
+                tasks.apply(batch)
             await asyncio.gather(*(m.ack() for m in msgs))
             await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
     finally:
