@@ -170,6 +170,14 @@ async def test_asyncapi_json_names_every_subject_of_schemas_subjects(client):
     assert {"tasks.{task_id}.{event}", "progress.{task_id}", "jobs.generate.{priority}.{model}"} <= addresses
 
 
+async def test_asyncapi_json_is_a_valid_asyncapi_3_document(client):
+    spec = Path(apidoc.__file__).parent / "static" / "vendor" / "asyncapi" / "3.0.0.json"
+    assert spec.exists(), "run `make install`: tools/web-assets.sh fetches AsyncAPI's JSON Schema"
+    doc = await get_json(client, "/asyncapi.json")
+    errors = list(jsonschema.Draft7Validator(json.loads(spec.read_text())).iter_errors(doc))
+    assert not errors, [f"{list(e.path)}: {e.message[:200]}" for e in errors[:5]]
+
+
 async def test_asyncapi_messages_carry_their_streams_and_schemas(client):
     doc = await get_json(client, "/asyncapi.json")
     channels = {c["address"]: c for c in doc["channels"].values()}
