@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 CONFIG ?=
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+WEB_ASSETS := services/api/static/vendor/VERSIONS
 
-.PHONY: run test install bench clean
+.PHONY: run test install bench clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,12 +24,24 @@ $(STAMP): pyproject.toml constraints.txt
 		echo "docker-compose not installed: tests/test_compose.py will skip its compose checks"
 	touch $@
 
-install: $(STAMP)
+# Swagger UI and ReDoc from the npm registry (no CDN at run time): see tools/web-assets.sh
+$(WEB_ASSETS): tools/web-assets.sh
+	tools/web-assets.sh services/api/static/vendor
 
-run: $(STAMP)
+# Debian's Chromium for the web-page tests; without it (not root, no apt) those tests are skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium: the web-page tests will be skipped"; \
+	  else echo "note: no chromium (needs root and apt-get): the web-page tests will be skipped"; fi; }
+
+install: $(STAMP) $(WEB_ASSETS) browser
+
+run: $(STAMP) $(WEB_ASSETS)
 	$(BIN)/diffbus up $(if $(CONFIG),--config $(CONFIG))
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q
 
 $(BENCH_STAMP): $(STAMP)
@@ -36,7 +49,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $@
 
 # The Celery baseline needs Debian's redis-server; the benchmark starts its own on a free port.
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) $(WEB_ASSETS)
 	@command -v redis-server >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
 		apt-get install -y -qq redis-server >/dev/null; } || \
 		{ echo "redis-server is missing: apt-get install redis-server (as root)"; exit 1; }
@@ -45,4 +58,4 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/batching.py
 
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) data services/api/static/vendor

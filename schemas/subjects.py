@@ -131,3 +131,8 @@ class MaxDeliveriesAdvisory(msgspec.Struct):
 
 def upscale_durable(priority: Priority) -> str:
     return f"upscale-{priority}"
+
+
+def kv_entry(bucket: str, key: str) -> str:
+    """Where JetStream keeps a KV bucket's entry: watch `kv_entry(bucket, "*")` to follow a bucket."""
+    return f"$KV.{bucket}.{key}"

@@ -18,7 +18,9 @@ from schemas import subjects
 from schemas.events import TaskStatus
 from services import imaging
 
-from . import native, samplers, validation
+from . import apidoc, native, samplers, seed_examples, validation
+from .a1111_replies import (A1111Error, ExtrasReply, ImagesReply, Lora, ProgressReply, Sampler, ScheduleType, SdModel,
+                            Upscaler)
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError, invalid
@@ -27,6 +29,13 @@ DIALECT = "a1111"
 PREFIX = "/sdapi/v1/"
 INPAINTING_FILL = {0: "original", 1: "original", 2: "latent_noise", 3: "latent_nothing"}  # 0 "fill": closest
 RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize (latent upscale)"}
+DOCS = apidoc.Docs(DIALECT, "AUTOMATIC1111's web UI API (seed a1111_style.md): synchronous txt2img/img2img and "
+                   "its listings. The key in X-API-Key, or HTTP Basic with the key as the password.",
+                   security=("ApiKey", "HTTPBasic"), error_model=A1111Error)
+NOTHING = {"type": "null"}
+TASK_PARAM = apidoc.Param("task_id", description="default: the calling key's latest task")
+
+
 class KeyState:
     """Per-key state in a KV bucket, so every API replica sees the same: options, latest task."""
 
@@ -239,14 +248,22 @@ def info(spec, task_id: str, sampler: str) -> dict:
     }
 
 
+@DOCS.route("POST", PREFIX + "txt2img", "txt2img, answered when the images are done", body=A1111Request,
+            response=ImagesReply, errors=(401, 422, 500, 504), examples=seed_examples.A1111_TXT2IMG,
+            description="batch_size × n_iter images with consecutive seeds; sampler_name and scheduler in "
+                        "A1111's names; task_id (the seed's extension) names the task for /sdapi/v1/progress.")
 async def txt2img(request: web.Request) -> web.Response:
     return await _generate(request, img2img=False)
 
 
+@DOCS.route("POST", PREFIX + "img2img", "img2img (and inpaint with mask), answered when done", body=A1111Request,
+            response=ImagesReply, errors=(401, 422, 500, 504), examples=seed_examples.A1111_IMG2IMG)
 async def img2img(request: web.Request) -> web.Response:
     return await _generate(request, img2img=True)
 
 
+@DOCS.route("GET", PREFIX + "progress", "Progress of a task", response=ProgressReply, errors=(401, 404),
+            params=(TASK_PARAM, apidoc.Param("skip_current_image", schema={"type": "boolean"})))
 async def progress(request: web.Request) -> web.Response:
     """GET /sdapi/v1/progress[?task_id=]: that task, or the calling key's latest one."""
     ctx = request.app[CTX]
@@ -272,6 +289,10 @@ async def progress(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+@DOCS.route("POST", PREFIX + "interrupt", "Stop the running task", response=NOTHING, errors=(401, 404),
+            params=(TASK_PARAM,))
+@DOCS.route("POST", PREFIX + "skip", "Stop the running task (as interrupt)", response=NOTHING, errors=(401, 404),
+            params=(TASK_PARAM,))
 async def interrupt(request: web.Request) -> web.Response:
     """POST /sdapi/v1/interrupt (and /skip): stops the calling key's running task (or ?task_id=)."""
     ctx = request.app[CTX]
@@ -286,6 +307,9 @@ async def interrupt(request: web.Request) -> web.Response:
     return web.json_response(None)
 
 
+@DOCS.route("GET", PREFIX + "options", "This key's options", response={"type": "object"}, errors=(401,))
+@DOCS.route("POST", PREFIX + "options", "Set this key's options (sd_model_checkpoint: its default model)",
+            body=dict, response=NOTHING, errors=(401, 422), examples=seed_examples.A1111_OPTIONS)
 async def options(request: web.Request) -> web.Response:
     """GET/POST /sdapi/v1/options: per key; sd_model_checkpoint is that key's default model."""
     ctx = request.app[CTX]
@@ -304,6 +328,7 @@ async def options(request: web.Request) -> web.Response:
     return web.json_response(stored)
 
 
+@DOCS.route("GET", PREFIX + "sd-models", "The configured models", response=list[SdModel], errors=(401,))
 async def sd_models(request: web.Request) -> web.Response:
     principal(request)
     return web.json_response([
@@ -312,11 +337,13 @@ async def sd_models(request: web.Request) -> web.Response:
         for m in request.app[CTX].config.models])
 
 
+@DOCS.route("GET", PREFIX + "samplers", "Sampler names", response=list[Sampler], errors=(401,))
 async def sampler_list(request: web.Request) -> web.Response:
     principal(request)
     return web.json_response(samplers.listing())
 
 
+@DOCS.route("GET", PREFIX + "schedulers", "Schedule types", response=list[ScheduleType], errors=(401,))
 async def schedule_list(request: web.Request) -> web.Response:
     principal(request)
     return web.json_response([{"name": n.lower().replace(" ", "_"), "label": n, "aliases": None,
@@ -324,6 +351,7 @@ async def schedule_list(request: web.Request) -> web.Response:
                               for n in samplers.SCHEDULE_TYPES])
 
 
+@DOCS.route("GET", PREFIX + "upscalers", "Upscalers", response=list[Upscaler], errors=(401,))
 async def upscaler_list(request: web.Request) -> web.Response:
     principal(request)
     config = request.app[CTX].config
@@ -333,6 +361,7 @@ async def upscaler_list(request: web.Request) -> web.Response:
                               for n in config.upscaler_names])
 
 
+@DOCS.route("GET", PREFIX + "loras", "LoRA files", response=list[Lora], errors=(401,))
 async def lora_list(request: web.Request) -> web.Response:
     principal(request)
     ctx = request.app[CTX]
@@ -341,11 +370,15 @@ async def lora_list(request: web.Request) -> web.Response:
                               for n, h in sorted(files.items())])
 
 
+@DOCS.route("POST", PREFIX + "refresh-checkpoints", "Re-read models (a no-op)", response=NOTHING, errors=(401,))
+@DOCS.route("POST", PREFIX + "refresh-loras", "Re-read LoRAs (a no-op)", response=NOTHING, errors=(401,))
 async def refresh(request: web.Request) -> web.Response:
     principal(request)
     return web.json_response(None)
 
 
+@DOCS.route("POST", PREFIX + "png-info", "Read the generation parameters an image carries",
+            body=native.PngInfoRequest, response=native.PngInfo, errors=(401, 422), examples=seed_examples.PNG_INFO)
 async def png_info(request: web.Request) -> web.Response:
     """POST /sdapi/v1/png-info {image}: {info, items, parameters}."""
     principal(request)
@@ -363,6 +396,8 @@ class ExtrasRequest(BaseModel):
     upscaler_1: str = "None"
 
 
+@DOCS.route("POST", PREFIX + "extra-single-image", "Upscale one image, answered when done", body=ExtrasRequest,
+            response=ExtrasReply, errors=(401, 422, 500, 504), examples=seed_examples.A1111_EXTRAS)
 async def extra_single_image(request: web.Request) -> web.Response:
     """POST /sdapi/v1/extra-single-image: an upscale task, waited for; {html_info, image}."""
     ctx = request.app[CTX]

@@ -2,7 +2,7 @@
 
 from aiohttp import web
 
-from . import a1111, errors, fooocus, native, sdwm, system
+from . import a1111, docs, errors, fooocus, native, sdwm, system
 from .context import CTX, ApiContext
 from .tracing import tracing_middleware
 
@@ -14,4 +14,5 @@ def create_app(ctx: ApiContext) -> web.Application:
     app[errors.RENDERERS] = []
     for dialect in (system, native, a1111, fooocus, sdwm):
         dialect.register(app)
+    docs.register(app)  # after the dialects: it describes the routes they registered
     return app

@@ -4,6 +4,7 @@ from collections.abc import Callable
 
 import nats.errors
 from aiohttp import web
+from pydantic import BaseModel
 
 
 class ApiError(Exception):
@@ -45,3 +46,15 @@ async def error_middleware(request: web.Request, handler):
     render = next((r for prefix, r in request.app[RENDERERS] if request.path.startswith(prefix)),
                   fastapi_shape)
     return web.json_response(render(status, detail), status=status, headers=headers)
+
+
+class ValidationItem(BaseModel):
+    loc: list[str | int]  # ["body", field, ...]
+    msg: str
+    type: str
+
+
+class FastApiError(BaseModel):
+    """The error body of the native dialect (and FastAPI's): a message, or for 422 one item per field."""
+
+    detail: str | list[ValidationItem]

@@ -24,10 +24,11 @@ from schemas.queries import TaskRecord
 from services.fooocus_task import preview_uri, task_object
 from services.storage import FileUrl
 
-from . import history, live, native, samplers, validation
+from . import apidoc, history, live, native, samplers, seed_examples, validation
 from .auth import Principal
 from .context import CTX
-from .errors import ApiError, invalid
+from .errors import ApiError, FastApiError, invalid
+from .fooocus_replies import IMAGE, STREAM, AllModels, ControlReply, TaskLists, TaskObject
 
 DIALECT = "fooocus"
 STYLES_FILE = Path(__file__).with_name("fooocus_styles.json")
@@ -56,6 +57,10 @@ FIELD_NAMES = {"num_images": "image_number", "num_inference_steps": "overwrite_s
                "model": "base_model_name", "init_image": "uov_input_image", "mask_image": "inpaint_mask_image_upload",
                "width": "aspect_ratios_selection", "height": "aspect_ratios_selection"}
 IMAGE_FIELDS = ("uov_input_image", "inpaint_input_image", "inpaint_mask_image_upload")
+DOCS = apidoc.Docs(DIALECT, "FooocusAPI (seed fooocusapi.md): one generate route with three reply modes, and the "
+                   "task history.", error_model=FastApiError)
+TIME_PARAMS = (apidoc.Param("start_at", description="ISO 8601, e.g. 2024-07-03T12:22:30 (UTC without a zone)"),
+               apidoc.Param("end_at", description="ISO 8601; default now"))
 
 
 class LoraRequest(BaseModel):
@@ -340,6 +345,12 @@ def req_params(req: GenerateRequest, spec, file_url: FileUrl) -> dict:
     return params
 
 
+@DOCS.route("POST", "/v1/engine/generate/", "Generate: a task object, a stream or the image", body=GenerateRequest,
+            response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
+            errors=(401, 422, 500), examples=seed_examples.FOOOCUS_GENERATE)
+@DOCS.route("POST", "/v1/engine/generate", "Generate (as /v1/engine/generate/)", body=GenerateRequest,
+            response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
+            errors=(401, 422, 500))
 async def generate(request: web.Request) -> web.StreamResponse:
     """POST /v1/engine/generate/: async_process → the task object now; stream_output → `data:` lines
     until "Finished"; neither → the image itself (image_number forced to 1)."""
@@ -439,6 +450,12 @@ LISTS = {"history": [s for s in TaskStatus if s.is_terminal()], "current": [Task
          "pending": [TaskStatus.PENDING]}
 
 
+@DOCS.route("GET", "/tasks", "Task history: history, current and pending", response=TaskLists, errors=(401, 422),
+            params=(apidoc.Param("query", schema={"enum": ["all", "current", "pending", "history"], "default": "all"}),
+                    apidoc.Param("page", schema={"type": "integer", "minimum": 0, "default": 0}),
+                    apidoc.Param("page_size", schema={"type": "integer", "minimum": 1, "maximum": 100}),
+                    *TIME_PARAMS, apidoc.Param("action", schema={"enum": ["delete"]},
+                                               description="delete the finished tasks from start_at to end_at")))
 async def tasks(request: web.Request) -> web.Response:
     """GET /tasks?query=all|current|pending|history&page=&page_size=&start_at=&end_at=[&action=delete]:
     always {history, current, pending}. action=delete deletes the finished tasks in the time range
@@ -464,12 +481,14 @@ async def tasks(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
+@DOCS.route("GET", "/tasks/{task_id}", "One task", response=TaskObject, errors=(401, 404))
 async def task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.get(request.match_info["task_id"], principal(request))
     return web.json_response(await _view(ctx, record, ctx.file_urls(request)))
 
 
+@DOCS.route("GET", "/v1/engines/all-models", "Model and LoRA file names", response=AllModels, errors=(401,))
 async def all_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     principal(request)
@@ -477,11 +496,14 @@ async def all_models(request: web.Request) -> web.Response:
                               "lora_filenames": sorted(ctx.loras.available(ctx.config.default_model))})
 
 
+@DOCS.route("GET", "/v1/engines/styles", "Style names", response=list[str], errors=(401,))
 async def style_names(request: web.Request) -> web.Response:
     principal(request)
     return web.json_response(sorted(styles(request.app[CTX].config)))
 
 
+@DOCS.route("POST", "/v1/engine/control", "Stop the calling key's running task", response=ControlReply,
+            errors=(401, 422), params=(apidoc.Param("action", schema={"enum": ["stop", "skip"], "default": "stop"}),))
 async def control(request: web.Request) -> web.Response:
     """POST /v1/engine/control?action=stop|skip: end the calling key's running task. diffbus makes a
     task's images together, so skip (Fooocus: on to the next image) stops the task like stop."""
@@ -497,6 +519,7 @@ async def control(request: web.Request) -> web.Response:
                               "task_ids": [r.task_id for r in running.tasks]})
 
 
+@DOCS.route("GET", "/ping", "Is the service up", security=(), response={"const": "pong"}, media_type="text/plain")
 async def ping(request: web.Request) -> web.Response:
     return web.Response(text="pong")
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from schemas.events import TaskStatus, WebhookEvent
+from schemas.events import Progress, TaskStatus, WebhookEvent
 from schemas.jobs import (
     LATENT_UPSCALER,
     SCHEDULERS,
@@ -27,12 +27,15 @@ from schemas.jobs import (
 from schemas.queries import TaskRecord
 from services import imaging
 
-from . import history, live, validation
+from . import apidoc, history, live, seed_examples, validation
 from .context import CTX
-from .errors import ApiError, invalid
+from .errors import ApiError, FastApiError, invalid
+from .native_replies import CancelView, ModelList, PngInfo, TaskCreated, TaskPageView, TaskView
 
 DIALECT = "native"
 SEED_RANGE = 2**32
+DOCS = apidoc.Docs(DIALECT, "The native API of the seed sd_model_api.md: asynchronous tasks, polling, webhooks, "
+                   "live progress.", error_model=FastApiError, schemas=(Progress,))
 
 
 # Fields bounded by a configured limit (services.config.Limits), beyond their static range.
@@ -146,6 +149,22 @@ def task_view(record: TaskRecord, file_url: Callable[[str], str]) -> dict:
     }
 
 
+HISTORY_PARAMS = (
+    apidoc.Param("status", description="comma-separated statuses; default: any"),
+    apidoc.Param("page", schema={"type": "integer", "minimum": 1, "default": 1}),
+    apidoc.Param("page_size", schema={"type": "integer", "minimum": 1, "maximum": 100, "default": 20}),
+    apidoc.Param("start_at", description="ISO 8601 creation time, inclusive (UTC without a zone)"),
+    apidoc.Param("end_at", description="ISO 8601 creation time, exclusive"),
+)
+
+
+SSE_EVENTS = {"type": "string", "description": (
+    "Server-Sent Events: `state` (the task, as GET /api/v1/tasks/{task_id}), then `progress` (the Progress "
+    "schema: step, total_steps, fraction, eta_s, preview; while pending, queue_position), then one of "
+    "`completed` / `failed` / `cancelled` (the task), then the stream ends.")}
+ID_PARAMS = (apidoc.Param("Idempotency-Key", "header", description="the same key returns the same task"),)
+
+
 def _principal(request: web.Request):
     ctx = request.app[CTX]
     principal = ctx.authenticate(request, ctx.config.api.key_header)
@@ -176,6 +195,12 @@ def _output_format(value: str) -> OutputFormat:
     return OutputFormat.JPEG if value == "jpg" else OutputFormat(value)
 
 
+@DOCS.route("POST", "/api/v1/generate", "Generate images (txt2img, img2img, inpaint, outpaint, hires fix)",
+            body=GenerateRequest, response=TaskCreated, errors=(401, 413, 422), params=ID_PARAMS,
+            examples=seed_examples.NATIVE_GENERATE, description=(
+                "A task is queued and its id returned at once. No init_image: txt2img; init_image (a data URI): "
+                "img2img; with mask_image: inpaint; with outpaint: outpaint. Poll GET /api/v1/tasks/{task_id}, "
+                "follow it live, or pass callback_url."))
 async def generate(request: web.Request) -> web.Response:
     principal, req = await _parse(request, GenerateRequest)
     return await _submit(request, await build_spec(request.app[CTX], req), principal, req)
@@ -267,6 +292,8 @@ class UpscaleRequest(TaskRequest):
         return validation.check_at_most(value, info.context, "max_upscale_scale")
 
 
+@DOCS.route("POST", "/api/v1/upscale", "Upscale an image", body=UpscaleRequest, response=TaskCreated,
+            errors=(401, 413, 422), params=ID_PARAMS, examples=seed_examples.NATIVE_UPSCALE)
 async def upscale(request: web.Request) -> web.Response:
     """POST /api/v1/upscale: a task like any other; the result has round(w·scale)×round(h·scale) pixels."""
     ctx = request.app[CTX]
@@ -289,6 +316,8 @@ class PngInfoRequest(BaseModel):
     image: str  # data URI or base64
 
 
+@DOCS.route("POST", "/api/v1/png-info", "Read the generation parameters an image carries", body=PngInfoRequest,
+            response=PngInfo, errors=(401, 422), examples=seed_examples.PNG_INFO)
 async def png_info(request: web.Request) -> web.Response:
     """POST /api/v1/png-info: the generation parameters an image carries."""
     _principal(request)
@@ -307,6 +336,7 @@ async def png_info_body(request: web.Request) -> web.Response:
                               "items": items})
 
 
+@DOCS.route("GET", "/api/v1/models", "List the configured models", response=ModelList, errors=(401,))
 async def list_models(request: web.Request) -> web.Response:
     """GET /api/v1/models: the configured models, and which live workers hold them loaded."""
     ctx = request.app[CTX]
@@ -318,12 +348,17 @@ async def list_models(request: web.Request) -> web.Response:
         for m in ctx.config.models]})
 
 
+@DOCS.route("GET", "/api/v1/tasks/{task_id}", "A task's status and results", response=TaskView, errors=(401, 404),
+            description="status pending/processing/completed/failed/cancelled; result_url for one image, "
+                        "result_urls for several.")
 async def get_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.get(request.match_info["task_id"], _principal(request))
     return web.json_response(task_view(record, ctx.file_urls(request)))
 
 
+@DOCS.route("GET", "/api/v1/tasks", "This key's tasks, newest first, page by page", response=TaskPageView,
+            errors=(401, 422), params=HISTORY_PARAMS)
 async def list_tasks(request: web.Request) -> web.Response:
     """GET /api/v1/tasks?status=&page=&page_size=&start_at=&end_at=: the calling key's tasks, newest first."""
     ctx = request.app[CTX]
@@ -341,12 +376,16 @@ async def list_tasks(request: web.Request) -> web.Response:
                               "page": query.offset // query.limit + 1, "page_size": query.limit})
 
 
+@DOCS.route("DELETE", "/api/v1/tasks/{task_id}", "Delete a finished task and its images", status=204,
+            errors=(401, 404, 409))
 async def delete_task(request: web.Request) -> web.Response:
     """DELETE /api/v1/tasks/{id}: the task and its result images; 409 until it has finished."""
     await request.app[CTX].tasks.delete(request.match_info["task_id"], _principal(request))
     return web.Response(status=204)
 
 
+@DOCS.route("POST", "/api/v1/tasks/{task_id}/cancel", "Cancel a task", response=CancelView, errors=(401, 404, 409),
+            description="A pending task never starts; a running one stops within a step and ends cancelled.")
 async def cancel_task(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     record = await ctx.tasks.cancel(request.match_info["task_id"], _principal(request))
@@ -356,11 +395,20 @@ async def cancel_task(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
+@DOCS.route("GET", "/api/v1/tasks/{task_id}/events", "Follow a task live (Server-Sent Events)", response=SSE_EVENTS,
+            media_type="text/event-stream", errors=(401, 404),
+            params=(apidoc.Param("Last-Event-ID", "header", description="resume after this event"),))
 async def task_events(request: web.Request) -> web.StreamResponse:
     file_url = request.app[CTX].file_urls(request)
     return await live.sse(request, _principal(request), lambda record: task_view(record, file_url))
 
 
+@DOCS.route("GET", "/api/v1/ws", "Follow tasks live (WebSocket)", security=("ApiKey", "ApiKeyQuery"), errors=(401,),
+            status=101, description=(
+                "Upgrade to a WebSocket; send {\"subscribe\": [\"<task_id>\", ...]} or {\"subscribe\": \"all\"} "
+                "(this key's new tasks), optionally \"previews\": false; receive {event, task_id, id, data} with "
+                "the events of GET /api/v1/tasks/{task_id}/events (progress data: the Progress schema). The key "
+                "may come as ?api_key=, since browsers cannot set headers on a WebSocket."))
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Browsers cannot set headers on a WebSocket: the key may come as ?api_key= too."""
     ctx = request.app[CTX]

@@ -18,7 +18,7 @@ from schemas.events import TaskStatus
 from schemas.jobs import Img2Img, Inpaint, Upscale
 from schemas.queries import TaskRecord
 
-from . import a1111, native, validation
+from . import a1111, apidoc, native, seed_examples, validation
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError
@@ -60,6 +60,48 @@ IMG2IMG = {"width": NUMBER, "height": NUMBER, "initialImages": ARRAY, "prompts":
            "steps": NUMBER, "scale": NUMBER, "denoise": NUMBER, "resizeMode": NUMBER}
 UPSCALE = {"image": STRING, "scale": NUMBER}
 OPTIONAL = {"seed": NUMBER, "module": STRING, "comment": STRING}
+
+
+class Envelope(msgspec.Struct):
+    """Every reply: code 0 and msg "ok" with data, or a negative code and the reason."""
+
+    code: int  # 0 ok, -100 missing argument, -101 bad argument, -102 internal error, -103 authorize failed
+    msg: str
+    data: None = None
+
+
+class Submitted(Envelope):
+    data: int | None = None  # the task id
+
+
+class TaskState(msgspec.Struct):
+    id: int
+    status: int  # 0 pending, 1 running, 2 finished, 3 failed or cancelled
+    type: int  # 0 txt2img, 1 img2img, 2 upscale
+    comment: str | None
+    errMsg: str | None
+    progress: float  # 0-1
+    resultImages: list[str] | None  # base64 PNGs
+    resultSeed: int | None
+    resultWidth: int | None
+    resultHeight: int | None
+
+
+class StateReply(Envelope):
+    data: TaskState | None = None  # None: no such task
+
+
+def body_schema(required: dict, optional: dict = OPTIONAL) -> dict:
+    """The JSON Schema of what `arguments` accepts."""
+    kinds = {NUMBER: {"type": "number"}, STRING: {"type": "string"},
+             ARRAY: {"type": "array", "items": {"type": "string"}}}
+    return {"type": "object", "required": list(required),
+            "properties": {name: kinds[types] for name, types in {**required, **optional}.items()}}
+
+
+DOCS = apidoc.Docs(DIALECT, "sd_work_manager (seed sd_work_manager.md): POST only, the X-API-SECRET header, "
+                   "replies in {code, msg, data}; task ids are numbers.", security=("ApiSecret",),
+                   error_model=Envelope)
 
 
 def arguments(body, required: dict, optional: dict = OPTIONAL) -> dict:
@@ -130,6 +172,8 @@ async def _submit(request: web.Request, who: Principal, spec, args: dict) -> int
     return record.number
 
 
+@DOCS.route("POST", PREFIX + "submitTxt2ImgTask", "Submit a txt2img task", body=body_schema(TXT2IMG),
+            response=Submitted, errors=(400, 401), examples=seed_examples.SDWM_TXT2IMG)
 @handler
 async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
     ctx = request.app[CTX]
@@ -139,6 +183,8 @@ async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
     return await _submit(request, who, await native.build_spec(ctx, req), args)
 
 
+@DOCS.route("POST", PREFIX + "submitImg2ImgTask", "Submit an img2img task", body=body_schema(IMG2IMG),
+            response=Submitted, errors=(400, 401), examples=seed_examples.SDWM_IMG2IMG)
 @handler
 async def submit_img2img(request: web.Request, who: Principal, body) -> int:
     """One image from each initial image, each first resized to width×height by resizeMode
@@ -166,6 +212,9 @@ async def submit_img2img(request: web.Request, who: Principal, body) -> int:
     return await _submit(request, who, spec, args)
 
 
+@DOCS.route("POST", PREFIX + "submitUpscaleTask", "Submit an upscale task",
+            body=body_schema(UPSCALE, {"comment": STRING}), response=Submitted, errors=(400, 401),
+            examples=seed_examples.SDWM_UPSCALE)
 @handler
 async def submit_upscale(request: web.Request, who: Principal, body) -> int:
     ctx = request.app[CTX]
@@ -181,6 +230,8 @@ def task_type(record: TaskRecord) -> int:
     return 2 if isinstance(record.spec, Upscale) else 1 if isinstance(record.spec, (Img2Img, Inpaint)) else 0
 
 
+@DOCS.route("POST", PREFIX + "getTaskState", "A task's state and results", body=body_schema({"taskId": NUMBER}, {}),
+            response=StateReply, errors=(400, 401), examples=seed_examples.SDWM_STATE)
 @handler
 async def get_task_state(request: web.Request, who: Principal, body) -> dict | None:
     ctx = request.app[CTX]

@@ -1,0 +1,58 @@
+"""The shapes of the native dialect's replies, for its OpenAPI description (native.task_view and the
+handlers build them; the tests check live replies against them)."""
+
+from typing import Literal
+
+import msgspec
+
+from schemas.events import TaskStatus
+from schemas.queries import WebhookState
+
+
+class TaskCreated(msgspec.Struct):
+    task_id: str
+    status: Literal["pending"]
+    message: str
+
+
+class TaskView(msgspec.Struct):
+    """A task as GET /api/v1/tasks/{task_id} shows it (task_view)."""
+
+    task_id: str
+    status: TaskStatus
+    result_url: str | None  # one image
+    result_urls: list[str] | None  # several images
+    error_message: str | None
+    created_at: str  # ISO 8601, UTC
+    updated_at: str
+    webhook: WebhookState | msgspec.UnsetType = msgspec.UNSET  # only for tasks with a callback_url
+
+
+class CancelView(TaskView):
+    message: str = ""
+
+
+class TaskPageView(msgspec.Struct):
+    tasks: list[TaskView]  # newest first
+    total: int  # on every page
+    page: int
+    page_size: int
+
+
+class ModelView(msgspec.Struct):
+    name: str
+    loaded: bool  # a live worker holds it loaded
+    workers: int  # live workers serving it
+    width: int
+    height: int
+
+
+class ModelList(msgspec.Struct):
+    default: str
+    models: list[ModelView]
+
+
+class PngInfo(msgspec.Struct):
+    info: str  # the `parameters` text, A1111's format
+    parameters: dict  # the same, parsed
+    items: dict[str, str]  # other text chunks
