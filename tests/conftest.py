@@ -1,5 +1,6 @@
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import subprocess
@@ -55,16 +56,23 @@ def wait_ready(stack: Stack, timeout: float = 90) -> None:
                "a worker to announce a loaded model", stack)
 
 
+@contextlib.contextmanager
+def running(stack: Stack):
+    """Every service of `stack` started and ready; afterwards, none of them may have died."""
+    stack.start_all()
+    try:
+        wait_ready(stack)
+        yield stack
+        assert not stack.crashed(), f"a service died during the tests:\n{stack.logs()}"
+    finally:
+        stack.close()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory, demo_model, upscaler_models, loras):
     """One diffbus for the session: nats-server, projector, notifier, upscaler, one gpu worker, api."""
-    s = Stack(tmp_path_factory.mktemp("stack"), demo_model, upscaler_models, loras).start_all()
-    try:
-        wait_ready(s)
+    with running(Stack(tmp_path_factory.mktemp("stack"), demo_model, upscaler_models, loras)) as s:
         yield s
-        assert not s.crashed(), f"a service died during the tests:\n{s.logs()}"
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="session")
@@ -86,13 +94,8 @@ def s3_storage(server: WeedMini, **overrides) -> dict:
 @pytest.fixture(scope="session")
 def s3_stack(tmp_path_factory, demo_model, s3_server):
     """The session's diffbus again, storing inputs and results in S3 (presigned URLs)."""
-    s = Stack(tmp_path_factory.mktemp("s3stack"), demo_model, storage=s3_storage(s3_server)).start_all()
-    try:
-        wait_ready(s)
+    with running(Stack(tmp_path_factory.mktemp("s3stack"), demo_model, storage=s3_storage(s3_server))) as s:
         yield s
-        assert not s.crashed(), f"a service died during the tests:\n{s.logs()}"
-    finally:
-        s.close()
 
 
 class Client:
