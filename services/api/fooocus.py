@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.events import TaskStatus
-from schemas.queries import TaskRecord
+from schemas.queries import TaskList, TaskRecord
 from services.fooocus_task import preview_uri, task_object
 from services.storage import FileUrl
 
@@ -28,7 +28,14 @@ from . import apidoc, history, live, native, samplers, seed_examples, validation
 from .auth import Principal
 from .context import CTX
 from .errors import ApiError, FastApiError, invalid
-from .fooocus_replies import IMAGE, STREAM, AllModels, ControlReply, TaskLists, TaskObject
+from .fooocus_replies import (
+    IMAGE,
+    STREAM,
+    AllModels,
+    ControlReply,
+    TaskLists,
+    TaskObject,
+)
 
 DIALECT = "fooocus"
 STYLES_FILE = Path(__file__).with_name("fooocus_styles.json")
@@ -512,7 +519,7 @@ async def control(request: web.Request) -> web.Response:
     action = request.query.get("action", "stop")
     if action not in ("stop", "skip"):
         raise history.query_error("action", "one of stop, skip")
-    running = await ctx.tasks.page(history.TaskList(owner=who.owner, statuses=[TaskStatus.PROCESSING]))
+    running = await ctx.tasks.page(TaskList(owner=who.owner, statuses=[TaskStatus.PROCESSING]))
     for record in running.tasks:
         await ctx.tasks.cancel(record.task_id, who)
     return web.json_response({"message": f"{action}: {len(running.tasks)} task(s)",

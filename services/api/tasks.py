@@ -68,9 +68,7 @@ class Tasks:
             # was cut off (a NATS node lost) between the two publishes: queue it while the task has
             # neither started nor ended (the job's message id makes a second copy a no-op).
             if existing.status is TaskStatus.PENDING:
-                job = Job(task_id=task_id, spec=existing.spec, priority=existing.priority)
-                await bus.publish(self.js, job_subject(job), encode(job),
-                                  telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(task_id)}))
+                await self._queue(Job(task_id=task_id, spec=existing.spec, priority=existing.priority))
             return existing
         accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
                             priority=priority, dialect=dialect, callback_url=callback_url, request=request,
@@ -82,8 +80,7 @@ class Tasks:
             except (nats.errors.Error, TimeoutError) as e:
                 raise ApiError(503, f"job queue unavailable: {e}") from e
             try:
-                await bus.publish(self.js, job_subject(job), encode(job),
-                                  telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(task_id)}))
+                await self._queue(job)
             except (nats.errors.Error, TimeoutError) as e:
                 log.error("task %s accepted but not queued: %s", task_id, e)
                 await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
@@ -91,6 +88,11 @@ class Tasks:
                 raise ApiError(503, f"job queue unavailable: {e}") from e
         metrics.TASKS_ACCEPTED.labels(metrics.kind(spec)).inc()
         return taskstate.apply(None, accepted, ack.seq)
+
+    async def _queue(self, job: Job) -> None:
+        """Publish a task's first job; its message id makes a second copy a no-op."""
+        await bus.publish(self.js, job_subject(job), encode(job),
+                          telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(job.task_id)}))
 
     async def get(self, task_id: str, principal: Principal) -> TaskRecord:
         """The task as the projector holds it; 404 when unknown or someone else's."""
