@@ -60,8 +60,8 @@ class Notifier:
         self.base_url = config.public_base_url
         self.storage = store or storage.ObjectStoreStorage(self.js)
         self.slots = asyncio.Semaphore(config.notifier.max_in_flight)
-        self.accepted: OrderedDict[str, Accepted | None] = OrderedDict()
-        self.numbers: dict[str, int | None] = {}
+        # task_id -> its `accepted` and its number (the stream sequence of `accepted`, see taskstate)
+        self.accepted: OrderedDict[str, tuple[Accepted | None, int | None]] = OrderedDict()
         self.progress_sent: dict[str, float] = {}
         self.tasks: set[asyncio.Task] = set()
 
@@ -107,13 +107,12 @@ class Notifier:
         if not task.cancelled() and task.exception():
             log.error("webhook delivery crashed", exc_info=task.exception())
 
-    async def _accepted(self, task_id: str) -> Accepted | None:
+    async def _accepted(self, task_id: str) -> tuple[Accepted | None, int | None]:
         if task_id not in self.accepted:
             msg = await bus.last_event_msg(self.js, task_id, Accepted.name())
-            self.accepted[task_id] = None if msg is None else decode(msg.data, Accepted)
-            self.numbers[task_id] = None if msg is None else msg.seq  # the task's number (see taskstate)
+            self.accepted[task_id] = (None, None) if msg is None else (decode(msg.data, Accepted), msg.seq)
             if len(self.accepted) > ACCEPTED_CACHE:
-                self.numbers.pop(self.accepted.popitem(last=False)[0], None)
+                self.accepted.popitem(last=False)
         return self.accepted[task_id]
 
     def file_url(self, key: str) -> str:
@@ -126,13 +125,12 @@ class Notifier:
     async def _deliver(self, msg) -> None:
         event = decode_event(msg.data)
         about = payloads.about(event)
-        accepted = await self._accepted(event.task_id)
+        accepted, number = await self._accepted(event.task_id)
         if accepted is None or not accepted.callback_url or about not in accepted.webhook_events:
             await msg.ack()
             return
         started_at = event.at if isinstance(event, Started) else await self._started_at(event.task_id)
-        body = payloads.render(accepted, event, self.file_url, started_at,
-                               self.numbers.get(event.task_id))
+        body = payloads.render(accepted, event, self.file_url, started_at, number)
         webhook_id = f"msg_{event.task_id}_{about.value}"
         attempt_no = msg.metadata.num_delivered
         attempt = await self._post(accepted, webhook_id, body)
@@ -177,7 +175,7 @@ class Notifier:
         now = time.monotonic()
         if now - self.progress_sent.get(progress.task_id, -1e9) < self.config.notifier.progress_min_interval_s:
             return
-        accepted = await self._accepted(progress.task_id)
+        accepted, number = await self._accepted(progress.task_id)
         if accepted is None or not accepted.callback_url or WebhookEvent.PROGRESS not in accepted.webhook_events:
             return
         self.progress_sent[progress.task_id] = now
@@ -188,7 +186,7 @@ class Notifier:
         await self.slots.acquire()
         webhook_id = f"msg_{progress.task_id}_progress_{progress.tick}"
         self._spawn(self._post_progress(accepted, webhook_id, payloads.render(accepted, progress, self.file_url,
-                                                                                  number=self.numbers.get(progress.task_id))))
+                                                                                  number=number)))
 
     async def _post_progress(self, accepted: Accepted, webhook_id: str, body: dict) -> None:
         attempt = await self._post(accepted, webhook_id, body)
