@@ -117,6 +117,15 @@ async def test_projector_rebuilt_from_the_stream_has_the_same_rows(stack, client
     stack.start("projector")
     wait_until(lambda: table_rows(db_path) == before, 30, "the rebuilt database", stack)
 
+    # Commits are not fsynced: a power cut can undo the last ones after their events were acked.
+    # The database then holds less than the consumer's ack floor says, and is rebuilt.
+    assert Stack.stop(stack.procs[-1]) == 0
+    with sqlite3.connect(db_path) as db:
+        db.execute("DELETE FROM tasks WHERE task_id = ?", [ids[-1]])
+        db.execute("UPDATE applied SET seq = seq - 3")
+    stack.start("projector")
+    wait_until(lambda: table_rows(db_path) == before, 30, "the database rebuilt after a lost tail", stack)
+
 
 def test_demo_model_command_builds_a_loadable_folder(tmp_path):
     out = subprocess.run([sys.executable, "-m", "services.cli", "demo-model", str(tmp_path / "demo")],

@@ -1,7 +1,9 @@
 """The task database (SQLite via sqlite-utils): one row per task, written only by the projector.
 
 Each row keeps the stream sequence of the last event applied to it, so applying an event twice (a
-redelivery, a replay) changes nothing.
+redelivery, a replay) changes nothing. Commits are not fsynced (WAL, synchronous=NORMAL): a crash of
+the process loses nothing, and what a power cut loses is caught at the next start by `applied_seq`
+(the last stream sequence applied) falling behind the consumer's ack floor, which rebuilds.
 """
 
 from pathlib import Path
@@ -15,8 +17,14 @@ from schemas.queries import TaskList, TaskRecord
 from services import taskstate
 
 # Bump when the table's shape changes: a database of another version is rebuilt from the stream.
-PROJECTION_VERSION = 3
+PROJECTION_VERSION = 4
 MEMORY = ":memory:"  # a database that lives as long as the projector (rebuilt at each start)
+
+
+COLUMNS = ("task_id", "number", "owner", "status", "kind", "model", "priority", "created_at", "updated_at",
+           "last_seq", "record")
+UPSERT = (f"INSERT INTO tasks ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))}) "
+          f"ON CONFLICT (task_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in COLUMNS[1:])}")
 
 
 def remove(path: Path) -> None:
@@ -41,6 +49,7 @@ class TaskDB:
         self.path = path
         self.db = sqlite_utils.Database(memory=True) if str(path) == MEMORY else sqlite_utils.Database(path)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.tasks = self.db.table("tasks")
         if not self.tasks.exists():
             self.db.execute(f"PRAGMA user_version = {PROJECTION_VERSION}")
@@ -54,7 +63,14 @@ class TaskDB:
             self.tasks.create_index(["number"], unique=True)
             # Deleted tasks: a redelivered event of theirs must not bring a row back.
             self.db.table("deleted").create({"task_id": str, "last_seq": int}, pk="task_id")
+            self.db.execute("CREATE TABLE applied (seq INTEGER NOT NULL)")
+            self.db.execute("INSERT INTO applied VALUES (0)")
         self.deleted = self.db.table("deleted")
+
+    @property
+    def applied_seq(self) -> int:
+        """The highest stream sequence applied (0 for a new database)."""
+        return self.db.execute("SELECT seq FROM applied").fetchone()[0]
 
     def get(self, task_id: str | None = None, number: int | None = None) -> TaskRecord | None:
         where, args = ("task_id = ?", [task_id]) if task_id is not None else ("number = ?", [number])
@@ -80,31 +96,30 @@ class TaskDB:
                                      limit=query.limit, offset=query.offset)
         return [decode(row["record"].encode(), TaskRecord) for row in rows], total
 
-    def apply(self, events: list[tuple[int, AnyTaskEvent]]) -> None:
-        """Apply (stream sequence, event) pairs in one transaction."""
-        with self.db.conn:
+    def apply(self, events: list[tuple[int, AnyTaskEvent]], upto: int | None = None) -> None:
+        """Apply (stream sequence, event) pairs in one transaction, recording `upto` (by default the last
+        sequence given; more when the batch held events that could not be read) as applied."""
+        conn = self.db.conn
+        with conn:
             for seq, event in events:
-                row = next(self.tasks.rows_where("task_id = ?", [event.task_id],
-                                                 select="last_seq, record"), None)
-                if row is not None and seq <= row["last_seq"]:
+                row = conn.execute("SELECT last_seq, record FROM tasks WHERE task_id = ?", [event.task_id]).fetchone()
+                if row is not None and seq <= row[0]:
                     continue
-                if row is None and self.deleted.count_where("task_id = ?", [event.task_id]):
+                if row is None and conn.execute("SELECT 1 FROM deleted WHERE task_id = ?", [event.task_id]).fetchone():
                     continue
-                before = None if row is None else decode(row["record"].encode(), TaskRecord)
+                before = None if row is None else decode(row[1].encode(), TaskRecord)
                 after = taskstate.apply(before, event, seq)
                 if after is None:
                     if before is not None:  # deleted
-                        self.tasks.delete(event.task_id)
-                        self.deleted.upsert({"task_id": event.task_id, "last_seq": seq}, pk="task_id")
+                        conn.execute("DELETE FROM tasks WHERE task_id = ?", [event.task_id])
+                        conn.execute("INSERT OR REPLACE INTO deleted VALUES (?, ?)", [event.task_id, seq])
                     continue
-                self.tasks.upsert({
-                    "task_id": after.task_id, "number": after.number, "owner": after.owner,
-                    "status": after.status.value,
-                    "kind": after.spec.__struct_config__.tag, "model": queue_name(after.spec),
-                    "priority": after.priority.value,
-                    "created_at": after.created_at, "updated_at": after.updated_at,
-                    "last_seq": seq, "record": encode(after).decode(),
-                }, pk="task_id")
+                conn.execute(UPSERT, [
+                    after.task_id, after.number, after.owner, after.status.value, after.spec.__struct_config__.tag,
+                    queue_name(after.spec), after.priority.value, after.created_at, after.updated_at, seq,
+                    encode(after).decode()])
+            upto = upto if upto is not None else max((seq for seq, _ in events), default=0)
+            conn.execute("UPDATE applied SET seq = max(seq, ?)", [upto])
 
     def queue_positions(self, limit: int) -> dict[str, int]:
         """Pending tasks -> how many tasks of the same model run before them (high priority first)."""

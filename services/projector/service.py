@@ -56,6 +56,20 @@ class QueuePositions:
         self.sent = positions
 
 
+async def _lost_tail(js, db_path: Path) -> bool:
+    """True when the consumer's ack floor is past what the database holds: acknowledged events whose
+    commit a power cut undid (commits are not fsynced)."""
+    try:
+        info = await js.consumer_info(subjects.TASKS, subjects.PROJECTOR_DURABLE)
+    except NotFoundError:
+        return False
+    tasks = TaskDB(db_path)
+    try:
+        return info.ack_floor.stream_seq > tasks.applied_seq
+    finally:
+        tasks.close()
+
+
 async def run(config: Config, rebuild: bool = False) -> None:
     in_memory = config.projector.db == ":memory:"
     db_path = Path(db.MEMORY) if in_memory else config.data_path / config.projector.db
@@ -65,6 +79,9 @@ async def run(config: Config, rebuild: bool = False) -> None:
     await bus.ensure(js, config)
     if not rebuild and db_path.exists() and not db.is_current(db_path):
         log.info("%s was written by another projection version", db_path)
+        rebuild = True
+    if not rebuild and db_path.exists() and await _lost_tail(js, db_path):
+        log.warning("%s misses events it acknowledged (a power cut?)", db_path)
         rebuild = True
     if rebuild or not db_path.exists():
         db.remove(db_path)
@@ -118,7 +135,7 @@ async def run(config: Config, rebuild: bool = False) -> None:
                 except Exception as e:  # noqa: BLE001 - an undecodable event is skipped, not retried
                     log.error("skipping undecodable event at %s: %s", m.subject, e)
             with telemetry.applying("projector.apply", msgs):  # one span per event, in the trace the event carried
-                tasks.apply(batch)
+                tasks.apply(batch, upto=msgs[-1].metadata.sequence.stream)
             await asyncio.gather(*(m.ack() for m in msgs))
             queue.changed(lambda: tasks.queue_positions(MAX_POSITIONS))
     finally:
