@@ -8,12 +8,11 @@ import io
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import KeyNotFoundError
 from PIL import Image
 
 from schemas import subjects
@@ -28,6 +27,7 @@ from .lifecycle import stop_event
 
 log = logging.getLogger("diffbus.jobloop")
 
+ENSURE_S = 60.0  # how long the start may wait for the cancel bucket's contents
 IDLE_POLL_S = 1.0  # without a doorbell, look at every queue this often (redeliveries ring no bell)
 FETCH_S = 0.05  # how long a pull request waits on a queue believed to hold work
 TERMINAL_EVENTS = (Completed.name(), Failed.name(), Cancelled.name())
@@ -47,7 +47,62 @@ class _Entry:
     job: Job
     attempt: int
     cancel: threading.Event
-    watch: object  # the subscription to the task's cancel requests
+
+
+class Cancels:
+    """The tasks asked to stop, known in the worker: the cancel bucket's keys, watched from its start
+    (requests made while this worker was away count), and `cancel_requested` events as they happen. A
+    job's cancel Event is set at once if its task was asked before, or when the request arrives."""
+
+    ASKED = 100_000  # task ids remembered (the bucket forgets them after a week)
+
+    def __init__(self):
+        self.asked: OrderedDict[str, None] = OrderedDict()
+        self.running: dict[str, list[threading.Event]] = {}
+
+    async def start(self, nc, js) -> None:
+        """Returns once every request already in the bucket is known."""
+        kv = await js.key_value(subjects.CANCEL_BUCKET)
+        self.watcher = await bus.retry(lambda: kv.watchall(ignore_deletes=True), "cancel watch")
+        while (entry := await self.watcher.updates(timeout=ENSURE_S)) is not None:
+            self._asked(entry.key)
+        self.pump = asyncio.create_task(self._pump())
+        self.sub = await nc.subscribe(subjects.task_event("*", CancelRequested.name()),
+                                      cb=self._on_event)
+
+    async def _pump(self) -> None:
+        async for entry in self.watcher:
+            if entry is not None:
+                self._asked(entry.key)
+
+    async def _on_event(self, msg) -> None:
+        self._asked(msg.subject.split(".")[1])
+
+    def _asked(self, task_id: str) -> None:
+        self.asked[task_id] = None
+        if len(self.asked) > self.ASKED:
+            self.asked.popitem(last=False)
+        for event in self.running.get(task_id, ()):
+            event.set()
+
+    def watch(self, task_id: str) -> threading.Event:
+        event = threading.Event()  # read by the work thread between steps
+        self.running.setdefault(task_id, []).append(event)
+        if task_id in self.asked:
+            event.set()
+        return event
+
+    def unwatch(self, task_id: str, event: threading.Event) -> None:
+        events = self.running.get(task_id, [])
+        if event in events:
+            events.remove(event)
+        if not events:
+            self.running.pop(task_id, None)
+
+    async def stop(self) -> None:
+        self.pump.cancel()
+        await self.sub.unsubscribe()
+        await self.watcher.stop()
 
 
 class JobWorker:
@@ -101,7 +156,8 @@ class JobWorker:
     async def run(self, stop: asyncio.Event) -> None:
         self.loop = asyncio.get_running_loop()
         await self.prepare()
-        self.cancels = await self.js.key_value(subjects.CANCEL_BUCKET)
+        self.cancels = Cancels()
+        await self.cancels.start(self.nc, self.js)
         kv = await self.js.key_value(subjects.WORKERS_BUCKET)
         await self._subscribe()
         background = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
@@ -135,6 +191,7 @@ class JobWorker:
                 await msg.nak()
             for sub in self.queues + self.subs:
                 await sub.unsubscribe()
+            await self.cancels.stop()
             try:
                 await kv.delete(subjects.model_token(self.id))
             except Exception:  # noqa: BLE001 - the entry expires anyway
@@ -212,7 +269,7 @@ class JobWorker:
                     await self._run(entries)
             finally:
                 for entry in entries:
-                    await entry.watch.unsubscribe()
+                    self.cancels.unwatch(entry.job.task_id, entry.cancel)
 
     async def _admit(self, msg) -> "_Entry | None":
         """Decode a job and watch for its cancellation; None when it is already settled here."""
@@ -226,35 +283,22 @@ class JobWorker:
         if (attempt > 1 or job.stage > 0) and await self._finished(job.task_id):
             await msg.ack()
             return None
-        cancel = threading.Event()  # read by the work thread between steps
-
-        async def on_cancel(_msg) -> None:
-            cancel.set()
-
-        watch = await self.nc.subscribe(subjects.task_event(job.task_id, CancelRequested.name()), cb=on_cancel)
-        if await self._cancel_requested(job.task_id):  # asked before this worker subscribed
-            cancel.set()
+        cancel = self.cancels.watch(job.task_id)
         if cancel.is_set():  # a cancelled task never starts (or goes on to its next stage)
-            await watch.unsubscribe()
+            self.cancels.unwatch(job.task_id, cancel)
             await self._cancelled(msg, job.task_id)
             return None
-        return _Entry(msg, job, attempt, cancel, watch)
+        return _Entry(msg, job, attempt, cancel)
 
     async def _run(self, entries: list["_Entry"]) -> None:
         batch = [e.job.task_id for e in entries] if len(entries) > 1 else []
-        for e in entries:
-            await bus.publish_event(self.js, Started(
-                task_id=e.job.task_id, at=time.time(), worker=self.id, attempt=e.attempt, stage=e.job.stage,
-                stage_name=e.job.stage_name, batch=batch), e.job.stage, e.attempt)
+        announced = asyncio.gather(*(bus.publish_event(self.js, Started(
+            task_id=e.job.task_id, at=time.time(), worker=self.id, attempt=e.attempt, stage=e.job.stage,
+            stage_name=e.job.stage_name, batch=batch), e.job.stage, e.attempt) for e in entries))
         heartbeats = [asyncio.create_task(self._keep_alive(e.msg)) for e in entries]
         started = time.perf_counter()
         try:
-            if len(entries) == 1:
-                e = entries[0]
-                outcomes = [await self.work(e.job, e.attempt, e.cancel)]
-            else:
-                outcomes = await self.work_batch([e.job for e in entries], [e.attempt for e in entries],
-                                                 [e.cancel for e in entries])
+            outcomes = await self._work(entries, announced)
         except Interrupted:
             for e in entries:
                 if e.cancel.is_set():
@@ -282,10 +326,22 @@ class JobWorker:
                         task_id=e.job.task_id, at=time.time(), worker=self.id, images=results,
                         elapsed_s=time.perf_counter() - started))
                     metrics.TASKS_COMPLETED.labels(metrics.kind(e.job.spec)).inc()
-                await e.msg.ack_sync()
+                await e.msg.ack()  # should the ack be lost, the redelivery finds the task finished
         finally:
             for heartbeat in heartbeats:
                 heartbeat.cancel()
+
+    async def _work(self, entries: list["_Entry"], announced) -> list:
+        """The jobs' outcomes. Their `started` events are published meanwhile (one connection keeps
+        them ahead of any later event) and must be stored before anything else is done with the jobs."""
+        try:
+            if len(entries) == 1:
+                e = entries[0]
+                return [await self.work(e.job, e.attempt, e.cancel)]
+            return await self.work_batch([e.job for e in entries], [e.attempt for e in entries],
+                                         [e.cancel for e in entries])
+        finally:
+            await announced
 
     async def publish_next_stage(self, job: Job, inputs: list[str]) -> None:
         """Hand the task to the worker of its next stage (its queue depends on the stage)."""
@@ -326,13 +382,6 @@ class JobWorker:
         """Partial work is dropped; the job is acked so it is never redelivered."""
         await bus.publish_event(self.js, Cancelled(task_id=task_id, at=time.time(), worker=self.id))
         await msg.ack_sync()
-
-    async def _cancel_requested(self, task_id: str) -> bool:
-        try:
-            await self.cancels.get(task_id)
-        except KeyNotFoundError:
-            return False
-        return True
 
     async def _fail(self, msg, task_id: str, error: str) -> None:
         await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(), error=error, worker=self.id))

@@ -1,21 +1,35 @@
 """Image storage: the Storage protocol, its JetStream object store backend (the default), and
 `open_storage`, which picks the backend from config (S3 lives in services/s3storage.py)."""
 
+import asyncio
 import base64
 import hashlib
+import json
 import mimetypes
+from datetime import datetime, timezone
 from collections.abc import Callable
 from typing import Protocol
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError, ObjectNotFoundError
-from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
+from nats.js.object_store import (
+    OBJ_CHUNKS_PRE_TEMPLATE,
+    OBJ_DEFAULT_CHUNK_SIZE,
+    OBJ_DIGEST_TEMPLATE,
+    OBJ_META_PRE_TEMPLATE,
+    OBJ_STREAM_TEMPLATE,
+)
 
 from schemas import subjects
 
 from . import telemetry
 from .config import Config
 
+
+ROLLUP = {api.Header.ROLLUP: "sub"}  # the message replaces every earlier one on its subject
+FIRST = {**ROLLUP, "Nats-Expected-Last-Subject-Sequence": "0"}  # ... and there must be none
+WRONG_LAST_SEQUENCE = 10071  # JetStream's answer when a FIRST message is not
 
 FileUrl = Callable[[str], str]  # storage key -> download URL: Storage.url bound to the API's base URL
 
@@ -58,6 +72,11 @@ async def open_storage(config: Config, js: JetStreamContext) -> Storage:
     return store
 
 
+def _digest(data: bytes) -> str:
+    """The object store's digest of `data`, as its meta records it."""
+    return OBJ_DIGEST_TEMPLATE.format(digest=base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode())
+
+
 def stage_prefix(task_id: str) -> str:
     """Where a task's intermediate images (stage_key) live."""
     return f"stages/{task_id}/"
@@ -81,7 +100,14 @@ def stage_key(task_id: str, stage: str, index: int) -> str:
 
 
 class ObjectStoreStorage:
-    """Objects in the JetStream object store bucket `images`: nothing to run beside nats-server."""
+    """Objects in the JetStream object store bucket `images`: nothing to run beside nats-server.
+
+    Most images fit one chunk. Those are written with the chunk on a subject named after the key
+    (`chunk_id`) and published with the meta in one round trip; a rewrite rolls the subject up, so no
+    old chunk has to be looked up and purged. A read asks for the meta and that chunk at once. Larger
+    objects go through nats-py's object store, and every object reads back with it too."""
+
+    STREAM = OBJ_STREAM_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET)
 
     def __init__(self, js: JetStreamContext):
         self._js = js
@@ -92,11 +118,72 @@ class ObjectStoreStorage:
             self._store = await self._js.object_store(subjects.IMAGES_BUCKET)
         return self._store
 
+    @staticmethod
+    def chunk_id(key: str) -> str:
+        """The chunk subject token of a one-chunk object written here (in place of a random nuid)."""
+        return hashlib.sha256(key.encode()).hexdigest()[:22]
+
+    @classmethod
+    def _subjects(cls, key: str) -> tuple[str, str]:
+        bucket = subjects.IMAGES_BUCKET
+        return (OBJ_META_PRE_TEMPLATE.format(bucket=bucket, obj=base64.urlsafe_b64encode(key.encode()).decode()),
+                OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=cls.chunk_id(key)))
+
     async def put(self, key: str, data: bytes) -> None:
         with telemetry.span("storage.put", key=key, backend="nats"):
-            await (await self._bucket()).put(key, data)
+            bucket = await self._bucket()
+            if not 0 < len(data) <= OBJ_DEFAULT_CHUNK_SIZE:
+                await bucket.put(key, data)
+                return
+            meta_subject, chunk_subject = self._subjects(key)
+            info = api.ObjectInfo(
+                name=key, bucket=subjects.IMAGES_BUCKET, nuid=self.chunk_id(key), size=len(data), chunks=1,
+                mtime=datetime.now(timezone.utc).isoformat(), digest=_digest(data),
+                options=api.ObjectMetaOptions(max_chunk_size=OBJ_DEFAULT_CHUNK_SIZE))
+            # In order on one connection: the chunk is stored before the meta that names it. The meta
+            # expects to be the key's first: a rewrite learns so and cleans up after the old object.
+            stored = await asyncio.gather(
+                self._js.publish(chunk_subject, data, headers=ROLLUP),
+                self._js.publish(meta_subject, json.dumps(info.as_dict()).encode(), headers=FIRST),
+                return_exceptions=True)
+            if isinstance(stored[0], BaseException):
+                if not isinstance(stored[1], BaseException):  # a meta naming no chunk must not stay
+                    await self.delete(key)
+                raise stored[0]
+            if isinstance(stored[1], APIError) and stored[1].err_code == WRONG_LAST_SEQUENCE:
+                await self._replace(key, meta_subject, info)
+            elif isinstance(stored[1], BaseException):
+                raise stored[1]
+
+    async def _replace(self, key: str, meta_subject: str, info: api.ObjectInfo) -> None:
+        """Rewrite a key's meta, and purge the old chunks when they were elsewhere (a larger object)."""
+        try:
+            old = await (await self._bucket()).get_info(key)
+        except (ObjectNotFoundError, NotFoundError):
+            old = None
+        await self._js.publish(meta_subject, json.dumps(info.as_dict()).encode(), headers=ROLLUP)
+        if old is not None and old.nuid != info.nuid:
+            await self._js.purge_stream(self.STREAM, subject=OBJ_CHUNKS_PRE_TEMPLATE.format(
+                bucket=subjects.IMAGES_BUCKET, obj=old.nuid))
 
     async def get(self, key: str) -> bytes | None:
+        meta_subject, chunk_subject = self._subjects(key)
+        meta, chunk = await asyncio.gather(self._js.get_last_msg(self.STREAM, meta_subject),
+                                           self._js.get_last_msg(self.STREAM, chunk_subject),
+                                           return_exceptions=True)
+        if isinstance(meta, NotFoundError):
+            return None
+        if not isinstance(meta, BaseException):
+            info = api.ObjectInfo.from_response(json.loads(meta.data))
+            if info.deleted:
+                return None
+            if (info.nuid == self.chunk_id(key) and not isinstance(chunk, BaseException)
+                    and info.digest == _digest(chunk.data)):
+                return chunk.data
+        return await self._get_any(key)
+
+    async def _get_any(self, key: str) -> bytes | None:
+        """Any object, however it was written (or one replaced while `get` read it)."""
         bucket = await self._bucket()
         for _ in range(2):  # twice: the object may be replaced between reading its info and its chunk
             try:
@@ -105,14 +192,13 @@ class ObjectStoreStorage:
                 return None
             if info.chunks != 1:
                 break
-            # One chunk (most images): one direct read, not an ordered consumer created and deleted.
+            # One chunk: one direct read, not an ordered consumer created and deleted.
             try:
-                msg = await self._js.get_last_msg(OBJ_STREAM_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET),
-                                                  OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET,
-                                                                                 obj=info.nuid))
+                msg = await self._js.get_last_msg(self.STREAM, OBJ_CHUNKS_PRE_TEMPLATE.format(
+                    bucket=subjects.IMAGES_BUCKET, obj=info.nuid))
             except NotFoundError:
                 continue
-            if info.digest.split("=", 1)[1] == base64.urlsafe_b64encode(hashlib.sha256(msg.data).digest()).decode():
+            if info.digest == _digest(msg.data):
                 return msg.data
         try:
             return (await bucket.get(key)).data

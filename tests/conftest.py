@@ -163,6 +163,20 @@ async def js(stack):
         await nc.close()
 
 
+@pytest.fixture
+async def bare_nc(tmp_path):
+    """A connection to a nats-server of its own (no services), with diffbus's streams and buckets."""
+    from services import bus
+    from services.config import Config
+    from services.embedded import EmbeddedNats, free_port
+
+    with EmbeddedNats(f"nats://127.0.0.1:{free_port()}", tmp_path / "jetstream") as server:
+        nc = await nats.connect(server.url)
+        await bus.ensure(nc.jetstream(), Config())
+        yield nc
+        await nc.close()
+
+
 def png_data_uri(width: int, height: int, color=(200, 40, 40)) -> str:
     buf = io.BytesIO()
     Image.new("RGB", (width, height), color).save(buf, format="PNG")

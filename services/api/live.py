@@ -188,9 +188,11 @@ async def websocket(request: web.Request, principal, view: Callable[[TaskRecord]
         for out in outs:
             await ws.send_json({"event": out.name, "task_id": task_id, "id": out.id, "data": out.data})
 
-    async def follow(task_id: str, record: TaskRecord | None = None) -> None:
+    async def follow(task_id: str, accepted: TaskRecord | None = None) -> None:
+        """Start relaying a task: one asked for, or (`accepted`) one just accepted, with no progress yet."""
         if task_id in watch.relays:
             return
+        record = accepted
         if record is None:
             try:
                 record = await ctx.tasks.get(task_id, principal)
@@ -198,7 +200,7 @@ async def websocket(request: web.Request, principal, view: Callable[[TaskRecord]
                 await ws.send_json({"event": "error", "task_id": task_id, "data": {"detail": e.detail}})
                 return
         relay = watch.relays[task_id] = Relay(record, view, previews=previews)
-        await send(task_id, relay.start(await ctx.tasks.last_progress(task_id)))
+        await send(task_id, relay.start(None if accepted else await ctx.tasks.last_progress(task_id)))
 
     async def on_nats(msg) -> None:
         task_id = msg.subject.split(".")[1]
@@ -210,6 +212,8 @@ async def websocket(request: web.Request, principal, view: Callable[[TaskRecord]
             return
         if relay is not None and not relay.done:
             await send(task_id, relay.on_nats(msg))
+            if relay.done and watch.everything:  # a connection watching everything would keep them all
+                del watch.relays[task_id]
 
     async def pump() -> None:
         while True:

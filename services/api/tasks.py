@@ -3,6 +3,7 @@
 import logging
 import time
 import uuid
+from collections import OrderedDict
 
 import nats.errors
 from nats.js.api import DeliverPolicy
@@ -34,6 +35,8 @@ from .inputs import InputImage
 log = logging.getLogger("diffbus.api")
 
 IDEMPOTENCY_NS = uuid.UUID("6f1c3a52-3d0e-4d8e-9a34-5b0c8e2f7a10")
+STORED_INPUTS = 4096  # input keys known to be stored, remembered for STORED_INPUT_S
+STORED_INPUT_S = 600.0
 
 
 class Tasks:
@@ -42,13 +45,23 @@ class Tasks:
         self.nc = nc
         self.js = nc.jetstream()
         self.storage = store or storage.ObjectStoreStorage(self.js)
+        self.stored_inputs: OrderedDict[str, float] = OrderedDict()  # key -> when it was known stored
 
     async def store_input(self, image: InputImage) -> str:
         """Store an input image under its sha256; jobs carry the key, never the bytes. A stored key
-        already holds these bytes: rewriting it would purge the chunks a worker may be reading."""
+        already holds these bytes: rewriting it would purge the chunks a worker may be reading. Keys
+        stored lately are remembered (inputs are never deleted by diffbus; the time limit covers an
+        operator emptying the bucket)."""
         key = storage.input_key(image.sha256, image.extension)
+        now = time.monotonic()
+        if now - self.stored_inputs.get(key, -STORED_INPUT_S) < STORED_INPUT_S:
+            return key
         if not await self.storage.exists(key):
             await self.storage.put(key, image.data)
+        self.stored_inputs[key] = now
+        self.stored_inputs.move_to_end(key)
+        if len(self.stored_inputs) > STORED_INPUTS:
+            self.stored_inputs.popitem(last=False)
         return key
 
     @staticmethod

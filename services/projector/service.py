@@ -25,7 +25,7 @@ BATCH = 256
 MAX_POSITIONS = 1000  # queue positions are published for the first this many pending tasks
 
 
-POSITIONS_EVERY_S = 0.25  # a deep queue moves on every batch: its positions are published at most this often
+POSITIONS_EVERY_S = 1.0  # a deep queue moves on every batch: its positions are published at most this often
 
 
 class QueuePositions:
