@@ -56,18 +56,23 @@ class QueuePositions:
         self.sent = positions
 
 
-async def _lost_tail(js, db_path: Path) -> bool:
-    """True when the consumer's ack floor is past what the database holds: acknowledged events whose
-    commit a power cut undid (commits are not fsynced)."""
+async def _stale(js, db_path: Path) -> str | None:
+    """Why the database and its consumer cannot go on together, or None. The consumer's ack floor may
+    be past what the database holds (acknowledged events whose commit a power cut undid: commits are
+    not fsynced), or the consumer may acknowledge one by one (made by an older projector)."""
     try:
         info = await js.consumer_info(subjects.TASKS, subjects.PROJECTOR_DURABLE)
     except NotFoundError:
-        return False
+        return None
+    if info.config.ack_policy is not AckPolicy.ALL:
+        return "its consumer was made by an older projector"
     tasks = TaskDB(db_path)
     try:
-        return info.ack_floor.stream_seq > tasks.applied_seq
+        if info.ack_floor.stream_seq > tasks.applied_seq:
+            return "it misses events it acknowledged (a power cut?)"
     finally:
         tasks.close()
+    return None
 
 
 async def run(config: Config, rebuild: bool = False) -> None:
@@ -80,8 +85,8 @@ async def run(config: Config, rebuild: bool = False) -> None:
     if not rebuild and db_path.exists() and not db.is_current(db_path):
         log.info("%s was written by another projection version", db_path)
         rebuild = True
-    if not rebuild and db_path.exists() and await _lost_tail(js, db_path):
-        log.warning("%s misses events it acknowledged (a power cut?)", db_path)
+    if not rebuild and db_path.exists() and (why := await _stale(js, db_path)):
+        log.warning("rebuilding %s: %s", db_path, why)
         rebuild = True
     if rebuild or not db_path.exists():
         db.remove(db_path)
@@ -115,7 +120,7 @@ async def run(config: Config, rebuild: bool = False) -> None:
     ]
     events = await bus.retry(lambda: js.pull_subscribe(
         subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS,
-        config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
+        config=ConsumerConfig(ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL,
                               ack_wait=30, max_ack_pending=10_000)), "projector consumer")
     log.info("projector ready: %s", db_path)
     stop = stop_event()
@@ -136,7 +141,7 @@ async def run(config: Config, rebuild: bool = False) -> None:
                     log.error("skipping undecodable event at %s: %s", m.subject, e)
             with telemetry.applying("projector.apply", msgs):  # one span per event, in the trace the event carried
                 tasks.apply(batch, upto=msgs[-1].metadata.sequence.stream)
-            await asyncio.gather(*(m.ack() for m in msgs))
+            await msgs[-1].ack()  # and every event before it: they are applied in stream order
             queue.changed(lambda: tasks.queue_positions(MAX_POSITIONS))
     finally:
         if queue.soon is not None:
