@@ -22,13 +22,14 @@ from opentelemetry.trace import Link, SpanKind
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 
 _provider: TracerProvider | None = None
+_tracer: trace.Tracer | None = None  # the provider's, made once: get_tracer builds a new one each call
 
 
 def setup(service: str, processor: SpanProcessor | None = None,
           environ: Mapping[str, str] | None = None) -> TracerProvider:
     """Install this process's tracer provider (once, at service start). `processor`: an extra span
     processor (tests pass a SimpleSpanProcessor(InMemorySpanExporter()))."""
-    global _provider
+    global _provider, _tracer
     environ = os.environ if environ is None else environ
     provider = TracerProvider(resource=Resource.create({"service.name": f"diffbus-{service}"}))
     if any(environ.get(name) for name in ENDPOINT_VARIABLES):
@@ -39,7 +40,7 @@ def setup(service: str, processor: SpanProcessor | None = None,
         provider.add_span_processor(processor)
     if _provider is None:
         trace.set_tracer_provider(provider)
-    _provider = provider
+    _provider, _tracer = provider, provider.get_tracer("diffbus")
     return provider
 
 
@@ -51,7 +52,7 @@ def shutdown() -> None:
 
 def tracer() -> trace.Tracer:
     """The tracer every service module uses: the installed provider's, else the global (no-op) one."""
-    return (_provider or trace.get_tracer_provider()).get_tracer("diffbus")
+    return _tracer or trace.get_tracer_provider().get_tracer("diffbus")
 
 
 def headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
