@@ -81,12 +81,8 @@ class Notifier:
         log.info("notifier ready")
         try:
             while not stop.is_set():
-                await self.slots.acquire()
-                fetched = await bus.fetch(events, 1, 1.0)
-                if not fetched:
-                    self.slots.release()
-                    continue
-                self._spawn(self._handle(fetched[0]))
+                for msg in await self._fetch(events):
+                    self._spawn(self._handle(msg))
         finally:
             await progress.unsubscribe()
             await events.unsubscribe()
@@ -95,6 +91,23 @@ class Notifier:
             for task in list(self.tasks):
                 task.cancel()
             await self.session.close()
+
+    async def _fetch(self, events) -> list:
+        """The next events, one slot taken for each: one, then as many more as are waiting and fit."""
+        await self.slots.acquire()
+        fetched = await bus.fetch(events, 1, 1.0)
+        if not fetched:
+            self.slots.release()
+            return []
+        taken = 0
+        while taken < fetched[0].metadata.num_pending and not self.slots.locked():
+            await self.slots.acquire()  # free: does not wait
+            taken += 1
+        if taken:
+            fetched += await bus.fetch(events, taken, 1.0)
+            for _ in range(1 + taken - len(fetched)):
+                self.slots.release()
+        return fetched
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)

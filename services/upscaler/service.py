@@ -59,7 +59,9 @@ class UpscalerWorker(JobWorker):
                             job.task_id, total * len(pictures), attempt, size, self.config.progress,
                             self.publish_progress, stage=job.stage, stage_name=job.stage_name,
                             stages=len(stages(spec)), span=stage_span(spec, job.stage)))
-                    reporters[0].report(i * total + done - 1, total * len(pictures))
+                    step, steps = i * total + done, total * len(pictures)
+                    if step < steps or not job.last_stage:  # the task's last tile: `completed` says it
+                        reporters[0].report(step - 1, steps)
                     return self.stopping or cancel.is_set()
                 out.append(imaging.encode(upscale(picture, size, upscaler, self.registry, self.config.upscaler,
                                                   on_tile), fmt, quality=quality))
