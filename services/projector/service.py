@@ -22,6 +22,7 @@ from .db import TaskDB
 log = logging.getLogger("diffbus.projector")
 
 BATCH = 256
+APPLY_AFTER_S = 0.05  # events wait at most this long to be applied with others (queries do not wait)
 MAX_POSITIONS = 1000  # queue positions are published for the first this many pending tasks
 
 
@@ -56,6 +57,49 @@ class QueuePositions:
         self.sent = positions
 
 
+class Applier:
+    """Events as they are delivered, applied together: APPLY_AFTER_S after the first one waiting, at
+    BATCH, or before a query is answered, whichever comes first. Then the last is acked (and with it
+    every one before)."""
+
+    def __init__(self, tasks: TaskDB, queue: QueuePositions):
+        self.tasks, self.queue = tasks, queue
+        self.waiting: list = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def on_event(self, msg) -> None:
+        self.waiting.append(msg)
+        if len(self.waiting) >= BATCH:
+            self.apply()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(APPLY_AFTER_S, self.apply)
+
+    def apply(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.waiting:
+            return
+        msgs, self.waiting = self.waiting, []
+        batch = []
+        for m in msgs:
+            try:
+                batch.append((m.metadata.sequence.stream, decode_event(m.data)))
+            except Exception as e:  # noqa: BLE001 - an undecodable event is skipped, not retried
+                log.error("skipping undecodable event at %s: %s", m.subject, e)
+        with telemetry.applying("projector.apply", msgs):  # one span per event, in the trace the event carried
+            self.tasks.apply(batch, upto=msgs[-1].metadata.sequence.stream)
+        asyncio.ensure_future(self._ack(msgs[-1]))
+        self.queue.changed(lambda: self.tasks.queue_positions(MAX_POSITIONS))
+
+    @staticmethod
+    async def _ack(msg) -> None:
+        try:
+            await msg.ack()
+        except Exception as e:  # noqa: BLE001 - unacked events come again and are applied once
+            log.warning("ack failed: %s", e)
+
+
 async def _stale(js, db_path: Path) -> str | None:
     """Why the database and its consumer cannot go on together, or None. The consumer's ack floor may
     be past what the database holds (acknowledged events whose commit a power cut undid: commits are
@@ -64,7 +108,7 @@ async def _stale(js, db_path: Path) -> str | None:
         info = await js.consumer_info(subjects.TASKS, subjects.PROJECTOR_DURABLE)
     except NotFoundError:
         return None
-    if info.config.ack_policy is not AckPolicy.ALL:
+    if info.config.ack_policy is not AckPolicy.ALL or not info.config.deliver_subject:
         return "its consumer was made by an older projector"
     tasks = TaskDB(db_path)
     try:
@@ -97,6 +141,9 @@ async def run(config: Config, rebuild: bool = False) -> None:
         log.info("building %s from the TASKS stream", db_path)
     tasks = TaskDB(db_path)
 
+    queue = QueuePositions(nc)
+    applier = Applier(tasks, queue)
+
     def answerer(query_type, answer):
         async def respond(msg) -> None:
             try:
@@ -104,6 +151,7 @@ async def run(config: Config, rebuild: bool = False) -> None:
             except Exception as e:  # noqa: BLE001 - a bad query must not stop the projector
                 log.warning("bad %s query: %s", msg.subject, e)
                 return
+            applier.apply()  # every event delivered before the query is in the answer
             await msg.respond(encode(answer(query)))
         return respond
 
@@ -111,42 +159,26 @@ async def run(config: Config, rebuild: bool = False) -> None:
         found, total = tasks.page(query)
         return TaskPage(tasks=found, total=total)
 
-    queue = QueuePositions(nc)
     await queue.publish_changes(tasks.queue_positions(MAX_POSITIONS))
     query_subs = [
         await nc.subscribe(subjects.TASK_GET, queue=subjects.PROJECTOR_QUEUE, cb=answerer(
             TaskGet, lambda q: TaskReply(task=tasks.get(q.task_id, q.number)))),
         await nc.subscribe(subjects.TASK_LIST, queue=subjects.PROJECTOR_QUEUE, cb=answerer(TaskList, task_page)),
     ]
-    events = await bus.retry(lambda: js.pull_subscribe(
-        subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS,
-        config=ConsumerConfig(ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL,
-                              ack_wait=30, max_ack_pending=10_000)), "projector consumer")
+    # Pushed, not pulled: no request per event, and one ack (AckPolicy.ALL) per applied batch.
+    events = await bus.retry(lambda: js.subscribe(
+        subjects.ALL_TASK_EVENTS, durable=subjects.PROJECTOR_DURABLE, stream=subjects.TASKS, cb=applier.on_event,
+        manual_ack=True, flow_control=True, idle_heartbeat=5.0, config=ConsumerConfig(
+            ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=10_000)),
+        "projector consumer")
     log.info("projector ready: %s", db_path)
-    stop = stop_event()
     try:
-        while not stop.is_set():
-            msgs = await bus.fetch(events, 1, 1.0)
-            if not msgs:
-                continue
-            # Then exactly what is waiting: a bigger pull would wait for its batch to fill.
-            waiting = min(msgs[-1].metadata.num_pending, BATCH)
-            if waiting:
-                msgs += await bus.fetch(events, waiting, 1.0)
-            batch = []
-            for m in msgs:
-                try:
-                    batch.append((m.metadata.sequence.stream, decode_event(m.data)))
-                except Exception as e:  # noqa: BLE001 - an undecodable event is skipped, not retried
-                    log.error("skipping undecodable event at %s: %s", m.subject, e)
-            with telemetry.applying("projector.apply", msgs):  # one span per event, in the trace the event carried
-                tasks.apply(batch, upto=msgs[-1].metadata.sequence.stream)
-            await msgs[-1].ack()  # and every event before it: they are applied in stream order
-            queue.changed(lambda: tasks.queue_positions(MAX_POSITIONS))
+        await stop_event().wait()
     finally:
+        await events.unsubscribe()
+        applier.apply()
         if queue.soon is not None:
             queue.soon.cancel()
-        await events.unsubscribe()
         for sub in query_subs:
             await sub.unsubscribe()
         await nc.drain()
