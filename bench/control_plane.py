@@ -1,7 +1,7 @@
 """Control plane: many cheap jobs (a Lanczos 2× upscale of a 64×64 PNG) through diffbus, and the same
 function as a Celery task over Redis, side by side in one run.
 
-    .venv/bin/python bench/control_plane.py [--tasks 1000] [--concurrency 1 16 64] [--no-baseline]
+    .venv/bin/python bench/control_plane.py [--tasks 1000] [--concurrency 1 16 64] [--rounds 4] [--no-baseline]
 
 At each concurrency C, C clients share the work in two phases, for both systems:
 - burst: each client submits its share without waiting, then awaits its results in order. accepted/s
@@ -12,8 +12,10 @@ At each concurrency C, C clients share the work in two phases, for both systems:
 A diffbus client submits with POST /api/v1/upscale, learns of completion on one WebSocket
 subscribed to all its tasks (GET /api/v1/ws) and downloads the image; a Celery client calls delay()
 and AsyncResult.get(), which returns the image. Every task must end completed with a 128×128 PNG:
-any that does not is counted lost. Both systems stay up for the whole run and take turns, level by
-level, so drift in the machine's speed hits both. Writes bench/results/control_plane.json.
+any that does not is counted lost. Both systems stay up for the whole run; at each level they take
+turns in rounds (a quarter of the tasks each, by default: diffbus burst, Celery burst, diffbus loop,
+Celery loop, ...), so drift in the machine's speed hits both alike. Writes
+bench/results/control_plane.json.
 """
 
 import argparse
@@ -65,9 +67,20 @@ def shares(tasks: int, clients: int) -> list[int]:
 
 def summary(tasks: int, t0: float, accepted_at: float | None, done_at: float, latencies: list[float],
             lost: int) -> dict:
-    out = {"tasks": tasks, "lost": lost, "completed_per_s": (tasks - lost) / (done_at - t0)}
+    out = {"tasks": tasks, "lost": lost, "seconds": done_at - t0, "latencies": latencies}
     if accepted_at is not None:
-        out["accepted_per_s"] = tasks / (accepted_at - t0)
+        out["accept_seconds"] = accepted_at - t0
+    return out
+
+
+def merged(parts: list[dict]) -> dict:
+    """One phase's rounds as one: rates over their summed times, latency percentiles over all tasks."""
+    tasks, lost = sum(p["tasks"] for p in parts), sum(p["lost"] for p in parts)
+    out = {"tasks": tasks, "lost": lost, "rounds": len(parts),
+           "completed_per_s": (tasks - lost) / sum(p["seconds"] for p in parts)}
+    if "accept_seconds" in parts[0]:
+        out["accepted_per_s"] = tasks / sum(p["accept_seconds"] for p in parts)
+    latencies = [t for p in parts for t in p["latencies"]]
     if latencies:
         out["latency_ms"] = {f"p{q}": 1000 * percentile(latencies, q) for q in (50, 95, 99)}
     return out
@@ -171,13 +184,38 @@ class DiffbusClient:
         return bad
 
 
-async def diffbus_level(base: str, body: dict, concurrency: int, tasks: int, closed_tasks: int) -> dict:
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        async with DiffbusClient(session, base, body, min(WARMUP, tasks)) as client:
-            burst = await client.burst(tasks, concurrency)
-            closed = await client.closed_loop(closed_tasks, concurrency)
-            never = await client.never_completed()
-    return {"burst": burst, "closed_loop": closed, "submitted": len(client.ids), "never_completed": len(never)}
+def run_level(base: str, body: dict, celery: "CeleryClient | None", concurrency: int, tasks: int,
+              rounds: int) -> dict:
+    """Both systems at one concurrency, taking turns round by round (burst, then closed loop), so a
+    change in the machine's speed during the level hits both alike."""
+    loop = asyncio.new_event_loop()  # the diffbus client's: idle while Celery has its turn
+    session = loop.run_until_complete(_session())
+    client = loop.run_until_complete(DiffbusClient(session, base, body, min(WARMUP, tasks)).__aenter__())
+    phases = {system: {"burst": [], "closed_loop": []} for system in ("diffbus", "celery")}
+    try:
+        for share in shares(tasks, rounds):
+            phases["diffbus"]["burst"].append(loop.run_until_complete(client.burst(share, concurrency)))
+            if celery is not None:
+                phases["celery"]["burst"].append(celery.burst(share, concurrency))
+            phases["diffbus"]["closed_loop"].append(loop.run_until_complete(client.closed_loop(share, concurrency)))
+            if celery is not None:
+                phases["celery"]["closed_loop"].append(celery.closed_loop(share, concurrency))
+        never = loop.run_until_complete(client.never_completed())
+    finally:
+        loop.run_until_complete(client.__aexit__(None, None, None))
+        loop.run_until_complete(session.close())
+        loop.close()
+    level = {"concurrency": concurrency,
+             "diffbus": {phase: merged(parts) for phase, parts in phases["diffbus"].items()}}
+    level["diffbus"].update(submitted=len(client.ids), never_completed=len(never))
+    if celery is not None:
+        level["celery"] = {phase: merged(parts) for phase, parts in phases["celery"].items()}
+        level["ratio"] = ratios(level["diffbus"], level["celery"])
+    return level
+
+
+async def _session() -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
 
 # --- Celery: delay() and AsyncResult.get() from client threads
@@ -291,7 +329,8 @@ def ratios(d: dict, c: dict) -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['tasks']} tasks a phase; 64x64 PNG -> 128x128 Lanczos; {result['machine']['cpus']} cores")
+    print(f"\n{result['tasks']} tasks a phase in {result['rounds']} rounds; 64x64 PNG -> 128x128 Lanczos; "
+          f"{result['machine']['cpus']} cores")
     cols = [name for name, _, _ in RATIOS] + ["p50 ms", "p95 ms", "p99 ms", "lost"]
     print(f"{'C':>3} {'':8}" + "".join(f"{c:>14}" for c in cols))
     for level in result["levels"]:
@@ -314,12 +353,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=1000, help="tasks in each phase at each concurrency")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--rounds", type=int, default=4, help="turns each system takes at each concurrency")
     ap.add_argument("--no-baseline", action="store_true", help="diffbus only (no Redis, no Celery)")
     args = ap.parse_args()
     png = input_png()
     body = {"image": "data:image/png;base64," + base64.b64encode(png).decode(), "scale": SCALE,
             "upscaler": "Lanczos"}
-    result = {"benchmark": "control_plane", "machine": machine(), "tasks": args.tasks,
+    result = {"benchmark": "control_plane", "machine": machine(), "tasks": args.tasks, "rounds": args.rounds,
               "job": f"Lanczos upscale {SIZE}x{SIZE} PNG -> {OUT}x{OUT} PNG", "levels": []}
     with tempfile.TemporaryDirectory(prefix="diffbus-bench-") as d:
         tmp = Path(d)
@@ -328,15 +368,8 @@ def main() -> None:
                 (celery_stack(tmp) if not args.no_baseline else _none()) as task:
             celery = None if task is None else CeleryClient(task, base64.b64encode(png).decode())
             for c in args.concurrency:
-                print(f"concurrency {c}: diffbus", flush=True)
-                level = {"concurrency": c,
-                         "diffbus": asyncio.run(diffbus_level(stack.base, body, c, args.tasks, args.tasks))}
-                if celery is not None:
-                    print(f"concurrency {c}: celery", flush=True)
-                    level["celery"] = {"burst": celery.burst(args.tasks, c),
-                                       "closed_loop": celery.closed_loop(args.tasks, c)}
-                    level["ratio"] = ratios(level["diffbus"], level["celery"])
-                result["levels"].append(level)
+                print(f"concurrency {c}", flush=True)
+                result["levels"].append(run_level(stack.base, body, celery, c, args.tasks, args.rounds))
     result["lost"] = {"diffbus": sum(lv["diffbus"]["burst"]["lost"] + lv["diffbus"]["closed_loop"]["lost"]
                                      + lv["diffbus"]["never_completed"] for lv in result["levels"])}
     if not args.no_baseline:
