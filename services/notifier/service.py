@@ -132,16 +132,17 @@ class Notifier:
         return self.storage.url(key, self.base_url)
 
     async def _handle(self, msg) -> None:
-        with telemetry.consuming("webhook.deliver", [msg.headers], subject=msg.subject):
-            await self._deliver(msg)
-
-    async def _deliver(self, msg) -> None:
+        """Deliver the event's webhook (traced), or ack at once when its task wants none."""
         event = decode_event(msg.data)
         about = payloads.about(event)
         accepted, number = await self._accepted(event.task_id)
         if accepted is None or not accepted.callback_url or about not in accepted.webhook_events:
             await msg.ack()
             return
+        with telemetry.consuming("webhook.deliver", [msg.headers], subject=msg.subject):
+            await self._deliver(msg, event, about, accepted, number)
+
+    async def _deliver(self, msg, event, about: WebhookEvent, accepted: Accepted, number: int | None) -> None:
         started_at = event.at if isinstance(event, Started) else await self._started_at(event.task_id)
         body = payloads.render(accepted, event, self.file_url, started_at, number)
         webhook_id = f"msg_{event.task_id}_{about.value}"
