@@ -4,6 +4,7 @@ while it runs, then complete, chain the next stage, fail, or hand it back, and o
 A worker that dies leaves its job to be redelivered to another."""
 
 import asyncio
+import contextvars
 import io
 import logging
 import threading
@@ -31,6 +32,19 @@ ENSURE_S = 60.0  # how long the start may wait for the cancel bucket's contents
 IDLE_POLL_S = 1.0  # without a doorbell, look at every queue this often (redeliveries ring no bell)
 FETCH_S = 0.05  # how long a pull request waits on a queue believed to hold work
 TERMINAL_EVENTS = (Completed.name(), Failed.name(), Cancelled.name())
+
+
+SLOT: contextvars.ContextVar = contextvars.ContextVar("slot")  # frees the running job's slot (once)
+
+
+def _once(fn):
+    done = []
+
+    def call() -> None:
+        if not done:
+            done.append(True)
+            fn()
+    return call
 
 
 class JobError(Exception):
@@ -118,6 +132,7 @@ class JobWorker:
         self.storage = storage.ObjectStoreStorage(self.js)
         self.id = bus.worker_id(self.kind)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=self.kind)
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix=f"{self.kind}-encode")  # off the device's thread
         self.stopping = False  # read by the work thread between steps
         self.doorbell = asyncio.Event()
         self.queues: list = []  # pull subscriptions, in the order they are served
@@ -178,10 +193,11 @@ class JobWorker:
                     task = self.holding.pop(id(m), None)
                     if task:
                         task.cancel()
-                task = asyncio.create_task(self._settle(msgs))
+                release = _once(slots.release)
+                task = asyncio.create_task(self._settle(msgs, release))
                 handling.add(task)
                 task.add_done_callback(handling.discard)
-                task.add_done_callback(lambda _: slots.release())
+                task.add_done_callback(lambda _, release=release: release())
         finally:
             if handling:
                 await asyncio.wait(handling)
@@ -197,6 +213,7 @@ class JobWorker:
             except Exception:  # noqa: BLE001 - the entry expires anyway
                 pass
             self.executor.shutdown(wait=True, cancel_futures=True)
+            self.encoder.shutdown(wait=True)
 
     async def _on_stop(self, stop: asyncio.Event) -> None:
         await stop.wait()
@@ -248,7 +265,8 @@ class JobWorker:
             self.ready.discard(index)
         return msg
 
-    async def _settle(self, msgs: list) -> None:
+    async def _settle(self, msgs: list, release) -> None:
+        SLOT.set(release)
         try:
             await self._handle(msgs)
         except Exception:  # noqa: BLE001 - e.g. NATS lost mid-job: unacked, it is redelivered
@@ -343,6 +361,12 @@ class JobWorker:
         finally:
             await announced
 
+    @staticmethod
+    def device_done() -> None:
+        """Called by `work` once the job no longer needs the device: the next job may start while this
+        one's images are encoded and stored."""
+        SLOT.get()()
+
     async def publish_next_stage(self, job: Job, inputs: list[str]) -> None:
         """Hand the task to the worker of its next stage (its queue depends on the stage)."""
         nxt = Job(task_id=job.task_id, spec=job.spec, priority=job.priority, stage=job.stage + 1, inputs=inputs)
@@ -357,6 +381,10 @@ class JobWorker:
             raise Interrupted() from None
         except failed as e:
             raise JobError(str(e)) from None
+
+    async def encode(self, fn):
+        """Run `fn` (image encoding) on the encoder thread, so the device's thread can go on."""
+        return await self.loop.run_in_executor(self.encoder, telemetry.in_context(fn))
 
     async def load_image(self, key: str):
         """An input image from storage; a missing one fails the job."""

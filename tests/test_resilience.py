@@ -88,7 +88,10 @@ async def test_job_whose_attempts_all_died_ends_failed_with_the_reason(two_worke
 
 def table_rows(db_path) -> list[tuple]:
     with sqlite3.connect(db_path) as db:
-        return db.execute("SELECT * FROM tasks ORDER BY task_id").fetchall()
+        try:
+            return db.execute("SELECT * FROM tasks ORDER BY task_id").fetchall()
+        except sqlite3.OperationalError:  # a new database whose table is not made yet
+            return []
 
 
 async def test_projector_rebuilt_from_the_stream_has_the_same_rows(stack, client):

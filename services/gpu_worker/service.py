@@ -100,14 +100,15 @@ class GpuWorker(JobWorker):
                                        self.on_step(refine, cancel))
             return generate.run(pipe, spec, None, self.on_step(base, cancel))
 
-        def work() -> list[bytes]:
-            pictures = run()
+        def encode() -> list[bytes]:
             if not finishes:
                 return [imaging.encode(p, OutputFormat.PNG) for p in pictures]  # lossless, for the next stage
             return [imaging.encode(p, spec.output_format, imaging.parameters(spec, seed), spec.quality)
                     for p, seed in zip(pictures, spec.seeds)]
 
-        encoded = await self.execute(work, *GENERATION_ERRORS)
+        pictures = await self.execute(run, *GENERATION_ERRORS)
+        self.device_done()  # the next job denoises while these images are encoded and stored
+        encoded = await self.encode(encode)
         if finishes:
             return await self.store_results(job, encoded, spec.seeds, final_size, spec.output_format)
         await self.hand_on(job, encoded)
@@ -156,15 +157,19 @@ class GpuWorker(JobWorker):
                 reporter.step(index, timesteps, None if latents is None else latents[start:start + 1])
             return self.stopping  # one task's cancel does not stop the others: it is dropped at the end
 
-        def run() -> list[bytes]:
+        def run() -> list[Image.Image]:
             pipe = self.registry.pipeline(specs[0].model)
             with self.loras.applied(pipe, specs[0].loras), denoising(specs[0].model, offsets[-1], "batch"):
-                pictures = generate.run_batch(pipe, specs, on_step)
+                return generate.run_batch(pipe, specs, on_step)
+
+        def encode() -> list[bytes]:
             seeds = [(spec, seed) for spec in specs for seed in spec.seeds]
             return [imaging.encode(p, spec.output_format, imaging.parameters(spec, seed), spec.quality)
                     for p, (spec, seed) in zip(pictures, seeds)]
 
-        encoded = await self.execute(run, *GENERATION_ERRORS)
+        pictures = await self.execute(run, *GENERATION_ERRORS)
+        self.device_done()
+        encoded = await self.encode(encode)
         return [await self.store_results(job, encoded[offsets[i]:offsets[i + 1]], job.spec.seeds,
                                          (job.spec.width, job.spec.height), job.spec.output_format)
                 for i, job in enumerate(jobs)]

@@ -50,7 +50,7 @@ class UpscalerWorker(JobWorker):
         pictures = [await self.load_image(key) for key in keys]
         reporters: list[StepReporter] = []  # made at the first tile, when the tile count is known
 
-        def run() -> list[bytes]:
+        def run() -> list:
             out = []
             for i, picture in enumerate(pictures):
                 def on_tile(done: int, total: int, i=i) -> bool:
@@ -63,11 +63,12 @@ class UpscalerWorker(JobWorker):
                     if step < steps or not job.last_stage:  # the task's last tile: `completed` says it
                         reporters[0].report(step - 1, steps)
                     return self.stopping or cancel.is_set()
-                out.append(imaging.encode(upscale(picture, size, upscaler, self.registry, self.config.upscaler,
-                                                  on_tile), fmt, quality=quality))
+                out.append(upscale(picture, size, upscaler, self.registry, self.config.upscaler, on_tile))
             return out
 
-        encoded = await self.execute(run, (Stopped,), (ValueError, OSError))
+        upscaled = await self.execute(run, (Stopped,), (ValueError, OSError))
+        self.device_done()
+        encoded = await self.encode(lambda: [imaging.encode(image, fmt, quality=quality) for image in upscaled])
         if job.last_stage:
             return await self.store_results(job, encoded, [0] * len(encoded), size, fmt)
         await self.hand_on(job, encoded)
