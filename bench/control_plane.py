@@ -1,7 +1,8 @@
 """Control plane: many cheap jobs (a Lanczos 2× upscale of a 64×64 PNG) through diffbus, and the same
 function as a Celery task over Redis, side by side in one run.
 
-    .venv/bin/python bench/control_plane.py [--tasks 1000] [--concurrency 1 16 64] [--rounds 4] [--no-baseline]
+    .venv/bin/python bench/control_plane.py [--tasks 1000] [--concurrency 1 16 64] [--rounds 4] [--download]
+                                            [--no-baseline]
 
 At each concurrency C, C clients share the work in two phases, for both systems:
 - burst: each client submits its share without waiting, then awaits its results in order. accepted/s
@@ -9,9 +10,10 @@ At each concurrency C, C clients share the work in two phases, for both systems:
   the last result was in a client's hands.
 - closed loop: each client submits one task, awaits its result, and goes on: completed/s and the
   latency (submit -> result in hand) percentiles.
-A diffbus client submits with POST /api/v1/upscale, learns of completion on one WebSocket
-subscribed to all its tasks (GET /api/v1/ws) and downloads the image; a Celery client calls delay()
-and AsyncResult.get(), which returns the image. Every task must end completed with a 128×128 PNG:
+A diffbus client submits with POST /api/v1/upscale and learns of completion on one WebSocket
+subscribed to all its tasks (GET /api/v1/ws) whose completed events carry the image ("images": true;
+with --download it GETs the result URL instead); a Celery client calls delay() and
+AsyncResult.get(), which returns the image. Every task must end completed with a 128×128 PNG:
 any that does not is counted lost. Both systems stay up for the whole run; at each level they take
 turns in rounds (a quarter of the tasks each, by default: diffbus burst, Celery burst, diffbus loop,
 Celery loop, ...), so drift in the machine's speed hits both alike. Writes
@@ -89,15 +91,16 @@ def merged(parts: list[dict]) -> dict:
 # --- diffbus: HTTP in, one WebSocket for every completion, HTTP download
 
 class DiffbusClient:
-    def __init__(self, session: aiohttp.ClientSession, base: str, body: dict, warmup: int = WARMUP):
-        self.session, self.base, self.body, self.warmup = session, base, body, warmup
+    def __init__(self, session: aiohttp.ClientSession, base: str, body: dict, warmup: int = WARMUP,
+                 inline: bool = True):
+        self.session, self.base, self.body, self.warmup, self.inline = session, base, body, warmup, inline
         self.done: dict[str, tuple[str, dict]] = {}  # task id -> (terminal event, task view)
         self.waiting: dict[str, asyncio.Future] = {}
         self.ids: list[str] = []  # every task submitted
 
     async def __aenter__(self):
         self.ws = await self.session.ws_connect(f"{self.base}/api/v1/ws", headers=HEADERS, max_msg_size=0)
-        await self.ws.send_json({"subscribe": "all", "previews": False})
+        await self.ws.send_json({"subscribe": "all", "previews": False, "images": self.inline})
         self.pump = asyncio.create_task(self._pump())
         # The server takes commands in order: once the probe's state arrives, "all" is live too.
         probe = await self.submit()
@@ -141,6 +144,8 @@ class DiffbusClient:
         event, view = self.done[task_id]
         if event != "completed":
             return False
+        if self.inline:  # the image came with the event
+            return is_result(base64.b64decode(view["images"][0]))
         async with self.session.get(view["result_url"]) as r:
             return r.status == 200 and is_result(await r.read())
 
@@ -185,12 +190,12 @@ class DiffbusClient:
 
 
 def run_level(base: str, body: dict, celery: "CeleryClient | None", concurrency: int, tasks: int,
-              rounds: int) -> dict:
+              rounds: int, inline: bool) -> dict:
     """Both systems at one concurrency, taking turns round by round (burst, then closed loop), so a
     change in the machine's speed during the level hits both alike."""
     loop = asyncio.new_event_loop()  # the diffbus client's: idle while Celery has its turn
     session = loop.run_until_complete(_session())
-    client = loop.run_until_complete(DiffbusClient(session, base, body, min(WARMUP, tasks)).__aenter__())
+    client = loop.run_until_complete(DiffbusClient(session, base, body, min(WARMUP, tasks), inline).__aenter__())
     phases = {system: {"burst": [], "closed_loop": []} for system in ("diffbus", "celery")}
     try:
         for share in shares(tasks, rounds):
@@ -354,12 +359,15 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=1000, help="tasks in each phase at each concurrency")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--rounds", type=int, default=4, help="turns each system takes at each concurrency")
+    ap.add_argument("--download", action="store_true",
+                    help="diffbus clients GET each image rather than take it from the completed event")
     ap.add_argument("--no-baseline", action="store_true", help="diffbus only (no Redis, no Celery)")
     args = ap.parse_args()
     png = input_png()
     body = {"image": "data:image/png;base64," + base64.b64encode(png).decode(), "scale": SCALE,
             "upscaler": "Lanczos"}
     result = {"benchmark": "control_plane", "machine": machine(), "tasks": args.tasks, "rounds": args.rounds,
+              "diffbus_images": "downloaded" if args.download else "in the completed event",
               "job": f"Lanczos upscale {SIZE}x{SIZE} PNG -> {OUT}x{OUT} PNG", "levels": []}
     with tempfile.TemporaryDirectory(prefix="diffbus-bench-") as d:
         tmp = Path(d)
@@ -369,7 +377,8 @@ def main() -> None:
             celery = None if task is None else CeleryClient(task, base64.b64encode(png).decode())
             for c in args.concurrency:
                 print(f"concurrency {c}", flush=True)
-                result["levels"].append(run_level(stack.base, body, celery, c, args.tasks, args.rounds))
+                result["levels"].append(run_level(stack.base, body, celery, c, args.tasks, args.rounds,
+                                                  not args.download))
     result["lost"] = {"diffbus": sum(lv["diffbus"]["burst"]["lost"] + lv["diffbus"]["closed_loop"]["lost"]
                                      + lv["diffbus"]["never_completed"] for lv in result["levels"])}
     if not args.no_baseline:

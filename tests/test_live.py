@@ -128,6 +128,21 @@ async def test_sse_watcher_websocket_watcher_and_nats_subscriber_see_the_same_en
     assert all("preview" not in m["data"] for m in ws_events if m["event"] == "progress")
 
 
+async def test_websocket_can_carry_the_images_of_completed_tasks(client):
+    async with client.session.ws_connect(f"{client.base_url}/api/v1/ws", headers=client.headers()) as ws:
+        task_id = await client.submit({"prompt": "inline", "num_inference_steps": 2, "num_images": 2, "seed": 5})
+        await ws.send_json({"subscribe": [task_id], "previews": False, "images": True})
+        async for frame in ws:
+            message = frame.json()
+            if message["event"] in ("completed", "failed", "cancelled"):
+                break
+    done = message["data"]
+    assert message["event"] == "completed" and len(done["images"]) == len(done["result_urls"]) == 2
+    for inline, url in zip(done["images"], done["result_urls"]):
+        assert base64.b64decode(inline) == await client.download(url)  # the same bytes as the download
+        assert decode_image(base64.b64decode(inline)).size == (64, 64)
+
+
 async def test_websocket_all_follows_new_tasks_of_its_own_key_only(client):
     async with client.session.ws_connect(f"{client.base_url}/api/v1/ws",
                                          headers=client.headers()) as ws:

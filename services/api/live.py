@@ -5,6 +5,7 @@ current state first, then progress in order without repeats, then the terminal s
 """
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -176,17 +177,23 @@ class _Watch:
 
 async def websocket(request: web.Request, principal, view: Callable[[TaskRecord], dict]) -> web.WebSocketResponse:
     """GET …/ws. Send {"subscribe": ["<task_id>", ...]} or {"subscribe": "all"} (every task of this
-    key from now on), optionally "previews": false; receive {"event", "task_id", "id", "data"}."""
+    key from now on), optionally "previews": false and "images": true (completed events then carry the
+    images, base64, beside their URLs); receive {"event", "task_id", "id", "data"}."""
     ctx = request.app[CTX]
     ws = web.WebSocketResponse(heartbeat=KEEPALIVE_S)
     await ws.prepare(request)
     queue: asyncio.Queue = asyncio.Queue()
     watch = _Watch()
-    previews = True
+    previews, images = True, False
 
     async def send(task_id: str, outs: list[Out]) -> None:
         for out in outs:
-            await ws.send_json({"event": out.name, "task_id": task_id, "id": out.id, "data": out.data})
+            data = out.data
+            if images and out.name == TaskStatus.COMPLETED.value:  # the images themselves, base64
+                stored = await asyncio.gather(*(ctx.tasks.storage.get(image.key)
+                                                for image in watch.relays[task_id].record.images))
+                data = {**data, "images": [base64.b64encode(b or b"").decode() for b in stored]}
+            await ws.send_json({"event": out.name, "task_id": task_id, "id": out.id, "data": data})
 
     async def follow(task_id: str, accepted: TaskRecord | None = None) -> None:
         """Start relaying a task: one asked for, or (`accepted`) one just accepted, with no progress yet."""
@@ -235,6 +242,7 @@ async def websocket(request: web.Request, principal, view: Callable[[TaskRecord]
                 await ws.send_json({"event": "error", "data": {"detail": 'expected {"subscribe": [...]}'}})
                 continue
             previews = bool(command.get("previews", previews))
+            images = bool(command.get("images", images))
             if wanted == "all":
                 if not watch.everything:
                     watch.everything = True

@@ -406,7 +406,9 @@ async def task_events(request: web.Request) -> web.StreamResponse:
 @DOCS.route("GET", "/api/v1/ws", "Follow tasks live (WebSocket)", security=("ApiKey", "ApiKeyQuery"), errors=(401,),
             status=101, description=(
                 "Upgrade to a WebSocket; send {\"subscribe\": [\"<task_id>\", ...]} or {\"subscribe\": \"all\"} "
-                "(this key's new tasks), optionally \"previews\": false; receive {event, task_id, id, data} with "
+                "(this key's new tasks), optionally \"previews\": false and \"images\": true (a completed event "
+                "then carries its images too, base64, in the order of its URLs: no download needed); receive "
+                "{event, task_id, id, data} with "
                 "the events of GET /api/v1/tasks/{task_id}/events (progress data: the Progress schema). The key "
                 "may come as ?api_key=, since browsers cannot set headers on a WebSocket."))
 async def websocket(request: web.Request) -> web.WebSocketResponse:
