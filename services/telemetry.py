@@ -23,15 +23,17 @@ ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_
 
 _provider: TracerProvider | None = None
 _tracer: trace.Tracer | None = None  # the provider's, made once: get_tracer builds a new one each call
+_exporting = False  # whether any span leaves the process (an exporter or a test's processor)
 
 
 def setup(service: str, processor: SpanProcessor | None = None,
           environ: Mapping[str, str] | None = None) -> TracerProvider:
     """Install this process's tracer provider (once, at service start). `processor`: an extra span
     processor (tests pass a SimpleSpanProcessor(InMemorySpanExporter()))."""
-    global _provider, _tracer
+    global _provider, _tracer, _exporting
     environ = os.environ if environ is None else environ
     provider = TracerProvider(resource=Resource.create({"service.name": f"diffbus-{service}"}))
+    _exporting = processor is not None or any(environ.get(name) for name in ENDPOINT_VARIABLES)
     if any(environ.get(name) for name in ENDPOINT_VARIABLES):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -84,7 +86,11 @@ def consuming(name: str, carriers: list[Mapping[str, str] | None], **attributes)
 @contextlib.contextmanager
 def applying(name: str, msgs: list) -> Iterator[None]:
     """Spans for stream messages handled together (the projector's batch): each in its own trace,
-    all covering the same work."""
+    all covering the same work. None when no span leaves the process: these spans have no children
+    to hand their context to."""
+    if not _exporting:
+        yield
+        return
     spans = [tracer().start_span(name, context=extract(m.headers), kind=SpanKind.CONSUMER,
                                  attributes={"subject": m.subject, "stream_seq": m.metadata.sequence.stream})
              for m in msgs]
