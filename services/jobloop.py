@@ -22,7 +22,7 @@ from schemas.events import Cancelled, CancelRequested, Completed, Failed, ImageR
 from schemas.jobs import Job, job_subject
 from schemas.workers import WorkerAnnouncement
 
-from . import bus, metrics, storage, telemetry
+from . import bus, lifecycle, metrics, storage, telemetry
 from .config import Config
 from .lifecycle import stop_event
 
@@ -178,6 +178,7 @@ class JobWorker:
         background = [asyncio.create_task(self._announce(kv)), asyncio.create_task(self._on_stop(stop))]
         self.ready.update(range(len(self.queues)))  # jobs may have queued before this worker started
         log.info("%s ready", self.id)
+        lifecycle.started()
         slots, handling = asyncio.Semaphore(self.concurrency), set()
         try:
             while not self.stopping:

@@ -4,7 +4,7 @@ import logging
 
 from aiohttp import web
 
-from services import bus, storage
+from services import bus, lifecycle, storage
 from services.config import Config
 from services.lifecycle import stop_event
 
@@ -38,6 +38,7 @@ async def run(config: Config) -> None:
         site = web.TCPSite(runner, config.api.host, config.api.port)
         await site.start()
         log.info("api listening on http://%s:%d", config.api.host, config.api.port)
+        lifecycle.started()
         await stop_event().wait()
     finally:
         await runner.cleanup()

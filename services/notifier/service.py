@@ -23,7 +23,7 @@ from schemas.events import (
     WebhookEvent,
     WebhookFailed,
 )
-from services import bus, metrics, storage, telemetry, webhook_targets
+from services import bus, lifecycle, metrics, storage, telemetry, webhook_targets
 from services.config import Config, ConfigError
 from services.lifecycle import stop_event
 
@@ -79,6 +79,7 @@ class Notifier:
         progress = await self.nc.subscribe(subjects.progress("*"), queue=subjects.NOTIFIER_QUEUE,
                                            cb=self._on_progress)
         log.info("notifier ready")
+        lifecycle.started()
         try:
             while not stop.is_set():
                 for msg in await self._fetch(events):

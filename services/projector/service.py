@@ -12,7 +12,7 @@ from schemas import subjects
 from schemas.codec import decode, decode_event, encode
 from schemas.events import Progress, TaskStatus
 from schemas.queries import TaskGet, TaskList, TaskPage, TaskReply
-from services import bus, telemetry
+from services import bus, lifecycle, telemetry
 from services.config import Config
 from services.lifecycle import stop_event
 
@@ -172,6 +172,7 @@ async def run(config: Config, rebuild: bool = False) -> None:
             ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=10_000)),
         "projector consumer")
     log.info("projector ready: %s", db_path)
+    lifecycle.started()
     try:
         await stop_event().wait()
     finally:
