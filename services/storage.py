@@ -6,12 +6,11 @@ import base64
 import hashlib
 import json
 import mimetypes
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Protocol
 
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import (
     OBJ_CHUNKS_PRE_TEMPLATE,
@@ -25,7 +24,6 @@ from schemas import subjects
 
 from . import telemetry
 from .config import Config
-
 
 ROLLUP = {api.Header.ROLLUP: "sub"}  # the message replaces every earlier one on its subject
 FIRST = {**ROLLUP, "Nats-Expected-Last-Subject-Sequence": "0"}  # ... and there must be none
@@ -138,7 +136,7 @@ class ObjectStoreStorage:
             meta_subject, chunk_subject = self._subjects(key)
             info = api.ObjectInfo(
                 name=key, bucket=subjects.IMAGES_BUCKET, nuid=self.chunk_id(key), size=len(data), chunks=1,
-                mtime=datetime.now(timezone.utc).isoformat(), digest=_digest(data),
+                mtime=datetime.now(UTC).isoformat(), digest=_digest(data),
                 options=api.ObjectMetaOptions(max_chunk_size=OBJ_DEFAULT_CHUNK_SIZE))
             # In order on one connection: the chunk is stored before the meta that names it. The meta
             # expects to be the key's first: a rewrite learns so and cleans up after the old object.
