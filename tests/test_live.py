@@ -143,6 +143,21 @@ async def test_websocket_can_carry_the_images_of_completed_tasks(client):
         assert decode_image(base64.b64decode(inline)).size == (64, 64)
 
 
+async def test_a_task_read_right_after_its_completed_event_is_completed(client):
+    """The projector applies events in batches, but never answers from behind what it was sent."""
+    async with client.session.ws_connect(f"{client.base_url}/api/v1/ws", headers=client.headers()) as ws:
+        await ws.send_json({"subscribe": "all", "previews": False})
+        await asyncio.sleep(0.2)
+        for i in range(5):
+            task_id = await client.submit({"prompt": f"read {i}", "num_inference_steps": 1})
+            async for frame in ws:
+                message = frame.json()
+                if message["task_id"] == task_id and message["event"] == "completed":
+                    break
+            task = await (await client.task(task_id)).json()
+            assert task["status"] == "completed" and task["result_url"]
+
+
 async def test_websocket_all_follows_new_tasks_of_its_own_key_only(client):
     async with client.session.ws_connect(f"{client.base_url}/api/v1/ws",
                                          headers=client.headers()) as ws:
