@@ -28,7 +28,7 @@ from .lifecycle import stop_event
 
 log = logging.getLogger("diffbus.jobloop")
 
-ENSURE_S = 60.0  # how long the start may wait for the cancel bucket's contents
+CANCELS_LOAD_S = 60.0  # how long the start may wait for the cancel bucket's contents
 IDLE_POLL_S = 1.0  # without a doorbell, look at every queue this often (redeliveries ring no bell)
 FETCH_S = 0.05  # how long a pull request waits on a queue believed to hold work
 TERMINAL_EVENTS = (Completed.name(), Failed.name(), Cancelled.name())
@@ -78,7 +78,7 @@ class Cancels:
         """Returns once every request already in the bucket is known."""
         kv = await js.key_value(subjects.CANCEL_BUCKET)
         self.watcher = await bus.retry(lambda: kv.watchall(ignore_deletes=True), "cancel watch")
-        while (entry := await self.watcher.updates(timeout=ENSURE_S)) is not None:
+        while (entry := await self.watcher.updates(timeout=CANCELS_LOAD_S)) is not None:
             self._asked(entry.key)
         self.pump = asyncio.create_task(self._pump())
         self.sub = await nc.subscribe(subjects.task_event("*", CancelRequested.name()),
