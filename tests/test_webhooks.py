@@ -8,6 +8,7 @@ import uuid
 import nats
 import pytest
 from aiohttp import web
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from standardwebhooks.webhooks import Webhook
 
 from schemas import subjects
@@ -199,6 +200,30 @@ async def test_notifier_killed_before_delivery_delivers_once_after_restart(clien
     assert verified(call)["task_id"] == task_id
     await asyncio.sleep(1.5)
     assert len(receiver.to(hook)) == 1
+
+
+async def test_notifier_takes_over_an_older_notifiers_pulled_consumer_where_it_stood(client, receiver, stack, js):
+    before, after = "before-" + uuid.uuid4().hex[:6], "after-" + uuid.uuid4().hex[:6]
+    first = await client.submit({"prompt": "x", "callback_url": receiver.url(before), **FAST})
+    await receiver.wait(before)
+    notifier = next(p for p in stack.procs if p.args[3] == "notifier" and p.poll() is None)
+    assert Stack.stop(notifier) == 0
+    # What an older notifier left: a pulled consumer that has acknowledged everything so far.
+    await js.delete_consumer(subjects.TASKS, subjects.NOTIFIER_DURABLE)
+    await js.add_consumer(subjects.TASKS, ConsumerConfig(
+        durable_name=subjects.NOTIFIER_DURABLE, filter_subjects=subjects.webhook_triggers(),
+        ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.NEW, max_deliver=-1))
+    try:
+        second = await client.submit({"prompt": "y", "callback_url": receiver.url(after), **FAST})
+        assert (await client.wait(second))["status"] == "completed"
+    finally:
+        stack.start("notifier")
+    [call] = await receiver.wait(after)  # sent although it finished before the new notifier started
+    assert verified(call)["task_id"] == second
+    await asyncio.sleep(1.5)
+    assert len(receiver.to(after)) == 1 and len(receiver.to(before)) == 1  # nothing acknowledged comes again
+    assert verified(receiver.to(before)[0])["task_id"] == first
+    assert (await js.consumer_info(subjects.TASKS, subjects.NOTIFIER_DURABLE)).config.deliver_subject
 
 
 @pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data", "http://10.0.0.1/hook",

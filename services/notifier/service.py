@@ -9,6 +9,7 @@ from collections import OrderedDict
 
 import aiohttp
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from standardwebhooks.webhooks import Webhook
 
 from schemas import subjects
@@ -71,19 +72,21 @@ class Notifier:
                                          limit=ncfg.max_in_flight)
         self.session = aiohttp.ClientSession(connector=connector,
                                              timeout=aiohttp.ClientTimeout(total=ncfg.timeout_s))
-        events = await bus.retry(lambda: self.js.pull_subscribe(
-            "", durable=subjects.NOTIFIER_DURABLE, stream=subjects.TASKS,
-            config=ConsumerConfig(filter_subjects=subjects.webhook_triggers(), ack_policy=AckPolicy.EXPLICIT,
-                                  deliver_policy=DeliverPolicy.ALL, ack_wait=2 * ncfg.timeout_s + 10,
-                                  max_deliver=-1, max_ack_pending=10 * ncfg.max_in_flight)), "notifier consumer")
+        start = await bus.retry(self._start_from, "notifier consumer")
+        # Pushed to every notifier of the group: no request per event. `accepted` comes first, so a
+        # task's webhook settings are known without a lookup.
+        events = await bus.retry(lambda: self.js.subscribe(
+            "", queue=subjects.NOTIFIER_DURABLE, durable=subjects.NOTIFIER_DURABLE, stream=subjects.TASKS,
+            cb=self._on_event, manual_ack=True, flow_control=True, idle_heartbeat=5.0, config=ConsumerConfig(
+                filter_subjects=[subjects.task_event("*", Accepted.name()), *subjects.webhook_triggers()],
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=2 * ncfg.timeout_s + 10, max_deliver=-1,
+                max_ack_pending=10 * ncfg.max_in_flight, **start)), "notifier consumer")
         progress = await self.nc.subscribe(subjects.progress("*"), queue=subjects.NOTIFIER_QUEUE,
                                            cb=self._on_progress)
         log.info("notifier ready")
         lifecycle.started()
         try:
-            while not stop.is_set():
-                for msg in await self._fetch(events):
-                    self._spawn(self._handle(msg))
+            await stop.wait()
         finally:
             await progress.unsubscribe()
             await events.unsubscribe()
@@ -93,22 +96,34 @@ class Notifier:
                 task.cancel()
             await self.session.close()
 
-    async def _fetch(self, events) -> list:
-        """The next events, one slot taken for each: one, then as many more as are waiting and fit."""
+    async def _start_from(self) -> dict:
+        """Where a new consumer starts: the whole stream, or, replacing the pulled consumer of an older
+        notifier, just after what it acknowledged (what it had in flight comes again)."""
+        try:
+            info = await self.js.consumer_info(subjects.TASKS, subjects.NOTIFIER_DURABLE)
+        except NotFoundError:
+            return {"deliver_policy": DeliverPolicy.ALL}
+        if info.config.deliver_subject:  # ours already: it goes on where it is
+            return {}
+        await self.js.delete_consumer(subjects.TASKS, subjects.NOTIFIER_DURABLE)
+        log.info("notifier consumer now pushed, from stream sequence %d", info.ack_floor.stream_seq + 1)
+        return {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": info.ack_floor.stream_seq + 1}
+
+    async def _on_event(self, msg) -> None:
+        """Events one at a time, in stream order: `accepted` is remembered; others are handled with a
+        slot each (waiting for one holds back the rest: JetStream stops at max_ack_pending)."""
+        try:
+            event = decode_event(msg.data)
+        except Exception as e:  # noqa: BLE001 - an event we cannot read can never be delivered
+            log.error("dropping undecodable event at %s: %s", msg.subject, e)
+            await msg.term()
+            return
+        if isinstance(event, Accepted):
+            self._remember(event.task_id, (event, msg.metadata.sequence.stream))
+            await msg.ack()
+            return
         await self.slots.acquire()
-        fetched = await bus.fetch(events, 1, 1.0)
-        if not fetched:
-            self.slots.release()
-            return []
-        taken = 0
-        while taken < fetched[0].metadata.num_pending and not self.slots.locked():
-            await self.slots.acquire()  # free: does not wait
-            taken += 1
-        if taken:
-            fetched += await bus.fetch(events, taken, 1.0)
-            for _ in range(1 + taken - len(fetched)):
-                self.slots.release()
-        return fetched
+        self._spawn(self._handle(msg, event))
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
@@ -121,20 +136,24 @@ class Notifier:
         if not task.cancelled() and task.exception():
             log.error("webhook delivery crashed", exc_info=task.exception())
 
+    def _remember(self, task_id: str, accepted: tuple[Accepted | None, int | None]) -> None:
+        self.accepted[task_id] = accepted
+        if len(self.accepted) > ACCEPTED_CACHE:
+            self.accepted.popitem(last=False)
+
     async def _accepted(self, task_id: str) -> tuple[Accepted | None, int | None]:
+        """A task's `accepted` and number: seen on the consumer, else (another notifier of the group
+        got it, or it was forgotten) read from the stream."""
         if task_id not in self.accepted:
             msg = await bus.last_event_msg(self.js, task_id, Accepted.name())
-            self.accepted[task_id] = (None, None) if msg is None else (decode(msg.data, Accepted), msg.seq)
-            if len(self.accepted) > ACCEPTED_CACHE:
-                self.accepted.popitem(last=False)
+            self._remember(task_id, (None, None) if msg is None else (decode(msg.data, Accepted), msg.seq))
         return self.accepted[task_id]
 
     def file_url(self, key: str) -> str:
         return self.storage.url(key, self.base_url)
 
-    async def _handle(self, msg) -> None:
+    async def _handle(self, msg, event) -> None:
         """Deliver the event's webhook (traced), or ack at once when its task wants none."""
-        event = decode_event(msg.data)
         about = payloads.about(event)
         accepted, number = await self._accepted(event.task_id)
         if accepted is None or not accepted.callback_url or about not in accepted.webhook_events:
