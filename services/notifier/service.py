@@ -51,6 +51,11 @@ def signers(config: Config) -> tuple[Webhook, dict[str, Webhook]]:
         raise ConfigError(f"bad webhook secret: {e}") from None
 
 
+def wants(accepted: Accepted | None, about: WebhookEvent) -> bool:
+    """Whether the task (its `accepted`) asked for webhooks about this."""
+    return accepted is not None and bool(accepted.callback_url) and about in accepted.webhook_events
+
+
 class Notifier:
     def __init__(self, config: Config, nc, store: storage.Storage | None = None):
         self.config = config
@@ -122,6 +127,10 @@ class Notifier:
             self._remember(event.task_id, (event, msg.metadata.sequence.stream))
             await msg.ack()
             return
+        known = self.accepted.get(event.task_id)
+        if known is not None and not wants(known[0], payloads.about(event)):  # most tasks: no webhook
+            await msg.ack()
+            return
         await self.slots.acquire()
         self._spawn(self._handle(msg, event))
 
@@ -156,7 +165,7 @@ class Notifier:
         """Deliver the event's webhook (traced), or ack at once when its task wants none."""
         about = payloads.about(event)
         accepted, number = await self._accepted(event.task_id)
-        if accepted is None or not accepted.callback_url or about not in accepted.webhook_events:
+        if not wants(accepted, about):
             await msg.ack()
             return
         with telemetry.consuming("webhook.deliver", [msg.headers], subject=msg.subject):
@@ -210,7 +219,7 @@ class Notifier:
         if now - self.progress_sent.get(progress.task_id, -1e9) < self.config.notifier.progress_min_interval_s:
             return
         accepted, number = await self._accepted(progress.task_id)
-        if accepted is None or not accepted.callback_url or WebhookEvent.PROGRESS not in accepted.webhook_events:
+        if not wants(accepted, WebhookEvent.PROGRESS):
             return
         self.progress_sent[progress.task_id] = now
         if len(self.progress_sent) > ACCEPTED_CACHE:
