@@ -121,11 +121,16 @@ class ObjectStoreStorage:
         """The chunk subject token of a one-chunk object written here (in place of a random nuid)."""
         return hashlib.sha256(key.encode()).hexdigest()[:22]
 
+    @staticmethod
+    def _chunks(nuid: str) -> str:
+        """The subject of an object's chunks."""
+        return OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET, obj=nuid)
+
     @classmethod
     def _subjects(cls, key: str) -> tuple[str, str]:
-        bucket = subjects.IMAGES_BUCKET
-        return (OBJ_META_PRE_TEMPLATE.format(bucket=bucket, obj=base64.urlsafe_b64encode(key.encode()).decode()),
-                OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=bucket, obj=cls.chunk_id(key)))
+        """A key's meta subject and the chunk subject of a one-chunk object written here."""
+        meta = base64.urlsafe_b64encode(key.encode()).decode()
+        return OBJ_META_PRE_TEMPLATE.format(bucket=subjects.IMAGES_BUCKET, obj=meta), cls._chunks(cls.chunk_id(key))
 
     async def put(self, key: str, data: bytes) -> None:
         with telemetry.span("storage.put", key=key, backend="nats"):
@@ -161,8 +166,7 @@ class ObjectStoreStorage:
             old = None
         await self._js.publish(meta_subject, json.dumps(info.as_dict()).encode(), headers=ROLLUP)
         if old is not None and old.nuid != info.nuid:
-            await self._js.purge_stream(self.STREAM, subject=OBJ_CHUNKS_PRE_TEMPLATE.format(
-                bucket=subjects.IMAGES_BUCKET, obj=old.nuid))
+            await self._js.purge_stream(self.STREAM, subject=self._chunks(old.nuid))
 
     async def get(self, key: str) -> bytes | None:
         meta_subject, chunk_subject = self._subjects(key)
@@ -192,8 +196,7 @@ class ObjectStoreStorage:
                 break
             # One chunk: one direct read, not an ordered consumer created and deleted.
             try:
-                msg = await self._js.get_last_msg(self.STREAM, OBJ_CHUNKS_PRE_TEMPLATE.format(
-                    bucket=subjects.IMAGES_BUCKET, obj=info.nuid))
+                msg = await self._js.get_last_msg(self.STREAM, self._chunks(info.nuid))
             except NotFoundError:
                 continue
             if info.digest == _digest(msg.data):
