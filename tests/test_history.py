@@ -1,7 +1,8 @@
 """Task history on the native dialect: paging, filters, deletion, and deletion surviving a rebuild."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from schemas import subjects
 from schemas.events import Accepted, Completed, Deleted, ImageResult
 from schemas.jobs import Txt2Img
 from services.projector.db import TaskDB
@@ -54,6 +55,22 @@ async def test_delete_removes_the_task_and_its_images(client):
     assert (await client.task(task["task_id"])).status == 404
     async with client.session.get(task["result_url"]) as resp:
         assert resp.status == 404
+
+
+async def test_a_read_that_outruns_the_projector_waits_for_it(client, js):
+    """The projector's consumer may deliver an event later than the client who caused it hears back:
+    a query waits for the events the stream held when it came."""
+    task, _ = await client.generate({"prompt": "outrun", **FAST})
+    # Paused until a moment from now: the server resumes delivery itself then (an early resume
+    # request, nats-server 2.15, leaves a push consumer waiting for the next message).
+    paused_until = datetime.now(UTC) + timedelta(seconds=1.5)
+    await js.pause_consumer(subjects.TASKS, subjects.PROJECTOR_DURABLE, paused_until.isoformat().replace("+00:00", "Z"))
+    async with client.session.delete(f"{client.base_url}/api/v1/tasks/{task['task_id']}",
+                                     headers={"X-API-Key": ALICE}) as resp:
+        assert resp.status == 204
+    reading = await client.task(task["task_id"])  # asked before the projector is sent `deleted`
+    assert datetime.now(UTC) >= paused_until
+    assert reading.status == 404
 
 
 async def test_a_running_task_is_not_deleted(client):

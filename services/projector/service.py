@@ -5,6 +5,8 @@ import logging
 import time
 from pathlib import Path
 
+import msgspec
+import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
@@ -23,6 +25,7 @@ log = logging.getLogger("diffbus.projector")
 
 BATCH = 256
 APPLY_AFTER_S = 0.05  # events wait at most this long to be applied with others (queries do not wait)
+CATCH_UP_S = 3.0  # a query waits at most this long for the events stored before it (less than the API's query timeout)
 MAX_POSITIONS = 1000  # queue positions are published for the first this many pending tasks
 
 
@@ -66,8 +69,23 @@ class Applier:
         self.tasks, self.queue = tasks, queue
         self.waiting: list = []
         self.timer: asyncio.TimerHandle | None = None
+        self.received = tasks.applied_seq  # the highest stream sequence delivered to us
+        self.reached: list[tuple[int, asyncio.Future]] = []  # (sequence, its waiter)
+
+    async def until(self, seq: int) -> None:
+        """Return once the event at stream sequence `seq` has been delivered (to be applied)."""
+        if self.received < seq:
+            waiter = asyncio.get_running_loop().create_future()
+            self.reached.append((seq, waiter))
+            await waiter
 
     async def on_event(self, msg) -> None:
+        self.received = msg.metadata.sequence.stream
+        if self.reached:
+            for seq, waiter in self.reached:
+                if seq <= self.received and not waiter.done():
+                    waiter.set_result(None)
+            self.reached = [(seq, w) for seq, w in self.reached if not w.done()]  # done: reached, or gave up
         self.waiting.append(msg)
         if len(self.waiting) >= BATCH:
             self.apply()
@@ -98,6 +116,38 @@ class Applier:
             await msg.ack()
         except Exception as e:  # noqa: BLE001 - unacked events come again and are applied once
             log.warning("ack failed: %s", e)
+
+
+class _StreamState(msgspec.Struct):
+    messages: int = 0
+    last_seq: int = 0
+
+
+class _StreamInfo(msgspec.Struct):
+    state: _StreamState | None = None
+    error: dict | None = None
+
+
+class StreamHead:
+    """The last sequence of the TASKS stream, read after a query came. Queries that come before the
+    read is sent share it; only its state is decoded."""
+
+    def __init__(self, nc):
+        self.nc = nc
+        self.next: asyncio.Future | None = None
+
+    def read(self) -> asyncio.Future:
+        if self.next is None:
+            self.next = asyncio.ensure_future(self._read())  # sent at the next turn of the loop
+        return self.next
+
+    async def _read(self) -> int:
+        self.next = None  # a query from here on needs a read sent after it
+        reply = await self.nc.request(f"$JS.API.STREAM.INFO.{subjects.TASKS}", b"", timeout=CATCH_UP_S)
+        info = msgspec.json.decode(reply.data, type=_StreamInfo)
+        if info.state is None:
+            raise nats.errors.Error(f"stream info: {info.error}")
+        return info.state.last_seq if info.state.messages else 0
 
 
 async def _stale(js, db_path: Path) -> str | None:
@@ -144,6 +194,19 @@ async def run(config: Config, rebuild: bool = False) -> None:
     queue = QueuePositions(nc)
     applier = Applier(tasks, queue)
 
+    head = StreamHead(nc)
+
+    async def caught_up() -> None:
+        """Wait (at most CATCH_UP_S) for every event the stream holds now. A client that saw an event
+        (on a core subscription, or in a webhook) and then asks must find it applied, though our
+        consumer may deliver it later than the client heard of it."""
+        try:
+            await asyncio.wait_for(applier.until(await head.read()), CATCH_UP_S)
+        except (TimeoutError, nats.errors.Error) as e:
+            log.warning("answering from stream sequence %d: %r", applier.received, e)
+
+    answering: set[asyncio.Task] = set()
+
     def answerer(query_type, answer):
         async def respond(msg) -> None:
             try:
@@ -151,9 +214,15 @@ async def run(config: Config, rebuild: bool = False) -> None:
             except Exception as e:  # noqa: BLE001 - a bad query must not stop the projector
                 log.warning("bad %s query: %s", msg.subject, e)
                 return
-            applier.apply()  # every event delivered before the query is in the answer
+            await caught_up()
+            applier.apply()  # every event delivered so far is in the answer
             await msg.respond(encode(answer(query)))
-        return respond
+
+        async def on_query(msg) -> None:  # queries wait for the stream side by side, not in turn
+            task = asyncio.create_task(respond(msg))
+            answering.add(task)
+            task.add_done_callback(answering.discard)
+        return on_query
 
     def task_page(query: TaskList) -> TaskPage:
         found, total = tasks.page(query)
