@@ -200,8 +200,11 @@ async def run(config: Config, rebuild: bool = False) -> None:
         """Wait (at most CATCH_UP_S) for every event the stream holds now. A client that saw an event
         (on a core subscription, or in a webhook) and then asks must find it applied, though our
         consumer may deliver it later than the client heard of it."""
+        async def reached_head() -> None:
+            await applier.until(await asyncio.shield(head.read()))  # the read is shared: a timeout here leaves it be
+
         try:
-            await asyncio.wait_for(applier.until(await head.read()), CATCH_UP_S)
+            await asyncio.wait_for(reached_head(), CATCH_UP_S)
         except (TimeoutError, nats.errors.Error) as e:
             log.warning("answering from stream sequence %d: %r", applier.received, e)
 
