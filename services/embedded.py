@@ -31,6 +31,20 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def terminate(proc: subprocess.Popen | None, timeout: float = 10.0) -> bool:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout`. False if it had to be killed."""
+    if proc is None or proc.poll() is not None:
+        return True
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False
+
+
 def wait_for_info(host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
     """Ready when the server sends its INFO line (cheaper and quieter than retrying a client)."""
     deadline = time.monotonic() + timeout
@@ -78,14 +92,7 @@ class EmbeddedNats:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, timeout)
 
     def __enter__(self) -> "EmbeddedNats":
         return self.start()

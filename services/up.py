@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .config import Config
-from .embedded import EmbeddedNats
+from .embedded import EmbeddedNats, terminate
 from .lifecycle import die_with_parent
 
 log = logging.getLogger("diffbus.up")
@@ -108,14 +108,8 @@ class Supervisor:
     def stop(self) -> None:
         for service in reversed(SERVICES):
             proc = self.children.get(service)
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop in %.0fs; killing it", service, STOP_TIMEOUT_S)
-                    proc.kill()
-                    proc.wait()
+            if not terminate(proc, STOP_TIMEOUT_S):
+                log.warning("%s did not stop in %.0fs; killed it", service, STOP_TIMEOUT_S)
 
 
 def up(config: Config) -> int:

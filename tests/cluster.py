@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from services.embedded import nats_server_binary, wait_for_info
+from services.embedded import nats_server_binary, terminate, wait_for_info
 
 from .weed import free_ports
 
@@ -55,12 +55,7 @@ class Node:
             self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, 10)
 
 
 class NatsCluster:

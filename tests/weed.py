@@ -12,6 +12,8 @@ from pathlib import Path
 
 from minio import Minio
 
+from services.embedded import terminate
+
 ACCESS_KEY = "diffbus-test"
 SECRET_KEY = "diffbus-test-secret-0123"
 
@@ -85,10 +87,4 @@ class WeedMini:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)
