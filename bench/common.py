@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.embedded import free_port  # noqa: E402
+from services.cli.embedded import free_port  # noqa: E402
 
 KEY = "bench-key-0123456789"
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or ROOT / "bench" / "results")  # the smoke test writes elsewhere

@@ -39,7 +39,7 @@ import aiohttp
 from PIL import Image
 
 from common import KEY, ROOT, demo_model, machine, percentile, running, write_result
-from services.embedded import free_port
+from services.cli.embedded import free_port
 
 HEADERS = {"X-API-Key": KEY}
 SIZE, SCALE = 64, 2

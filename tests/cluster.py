@@ -8,7 +8,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from services.embedded import nats_server_binary, terminate, wait_for_info
+from services.cli.embedded import nats_server_binary, terminate, wait_for_info
 
 from .weed import free_ports
 

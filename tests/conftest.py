@@ -168,7 +168,7 @@ async def bare_nc(tmp_path):
     """A connection to a nats-server of its own (no services), with diffbus's streams and buckets."""
     from services import bus
     from services.config import Config
-    from services.embedded import EmbeddedNats, free_port
+    from services.cli.embedded import EmbeddedNats, free_port
 
     with EmbeddedNats(f"nats://127.0.0.1:{free_port()}", tmp_path / "jetstream") as server:
         nc = await nats.connect(server.url)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from services.embedded import EmbeddedNats, free_port
+from services.cli.embedded import EmbeddedNats, free_port
 
 ALICE = "alice-key-0123456789"
 BOB = "bob-key-0123456789"

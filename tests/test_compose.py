@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from services.config import load
-from services.embedded import nats_server_binary
+from services.cli.embedded import nats_server_binary
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 DIFFBUS_SERVICES = {"api-1", "api-2", "projector", "notifier", "upscaler", "gpu-worker"}

@@ -5,9 +5,9 @@ import ssl
 import pytest
 
 from services import bus
-from services.cli import nats_override
+from services.cli.main import nats_override
 from services.config import ConfigError, load
-from services.up import Supervisor
+from services.cli.up import Supervisor
 
 
 def test_one_url_or_a_cluster():

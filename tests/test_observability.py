@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
 from services import telemetry
-from services.embedded import EmbeddedNats, free_port
+from services.cli.embedded import EmbeddedNats, free_port
 
 from .conftest import Client, wait_ready
 from .stack import Stack

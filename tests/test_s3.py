@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from services.config import StorageConfig
-from services.s3storage import S3Storage
+from services.storage.s3 import S3Storage
 from services.storage import StorageError
 
 from .conftest import Client, decode_image, png_data_uri, s3_storage

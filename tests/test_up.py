@@ -10,7 +10,7 @@ import urllib.request
 
 import yaml
 
-from services.embedded import free_port
+from services.cli.embedded import free_port
 
 from .conftest import health
 from .stack import wait_until

@@ -15,7 +15,7 @@ from schemas import subjects
 from schemas.codec import encode
 from schemas.events import Accepted
 from schemas.jobs import Img2Img, Job, Txt2Img
-from services.embedded import free_port
+from services.cli.embedded import free_port
 
 from .stack import WEBHOOK_SECRET, Stack
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from minio import Minio
 
-from services.embedded import terminate
+from services.cli.embedded import terminate
 
 ACCESS_KEY = "diffbus-test"
 SECRET_KEY = "diffbus-test-secret-0123"

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.events import TaskStatus
 from schemas.queries import TaskList, TaskRecord
-from services.fooocus_task import preview_uri, task_object
+from services.views.fooocus_task import preview_uri, task_object
 from services.storage import FileUrl
 
 from . import apidoc, history, live, native, samplers, seed_examples, validation

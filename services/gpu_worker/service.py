@@ -16,8 +16,8 @@ from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
 from services import bus, imaging, metrics, telemetry
 from services.config import Config
-from services.jobloop import JobWorker, serve
-from services.progress import StepReporter
+from services.worker.jobloop import JobWorker, serve
+from services.worker.progress import StepReporter
 
 from . import generate
 from .loras import LoraFolder

@@ -12,7 +12,8 @@ from schemas.events import (
     TaskStatus,
     WebhookEvent,
 )
-from services import fooocus_task, taskstate
+from services import taskstate
+from services.views import fooocus_task
 from services.storage import FileUrl
 
 

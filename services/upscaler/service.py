@@ -13,8 +13,8 @@ from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
 from services import imaging
 from services.config import Config
-from services.jobloop import JobWorker, serve
-from services.progress import StepReporter
+from services.worker.jobloop import JobWorker, serve
+from services.worker.progress import StepReporter
 
 from .models import UpscalerRegistry
 from .upscale import Stopped, upscale

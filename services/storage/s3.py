@@ -14,9 +14,9 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
-from . import telemetry
-from .config import StorageConfig
-from .storage import StorageError, content_type
+from .. import telemetry
+from ..config import StorageConfig
+from . import StorageError, content_type
 
 REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",
                        "ExpiredToken"}

@@ -5,9 +5,9 @@ import logging
 import os
 import sys
 
-from . import metrics, telemetry
-from .config import ConfigError, load
-from .storage import StorageError
+from .. import metrics, telemetry
+from ..config import ConfigError, load
+from ..storage import StorageError
 
 SERVICE_COMMANDS = ("up", "api", "gpu-worker", "upscaler", "projector", "notifier")
 
@@ -54,22 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     if args.command == "demo-model":
-        from .gpu_worker import demo_model
+        from ..gpu_worker import demo_model
 
         print(demo_model.ensure(args.path, args.seed))
         return 0
     if args.command == "demo-checkpoint":
-        from .gpu_worker import checkpoint
+        from ..gpu_worker import checkpoint
 
         print(checkpoint.write(args.model, args.path))
         return 0
     if args.command == "demo-loras":
-        from .gpu_worker import demo_model
+        from ..gpu_worker import demo_model
 
         print("\n".join(map(str, demo_model.build_loras(args.model, args.path))))
         return 0
     if args.command == "demo-upscalers":
-        from .upscaler import demo_models
+        from ..upscaler import demo_models
 
         print("\n".join(map(str, demo_models.build(args.path))))
         return 0
@@ -88,23 +88,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "api":  # the API serves /metrics on its own port
             metrics.serve(config)
         if args.command == "api":
-            from . import api
+            from .. import api
 
             api.main(config)
         elif args.command == "gpu-worker":
-            from . import gpu_worker
+            from .. import gpu_worker
 
             gpu_worker.main(config)
         elif args.command == "upscaler":
-            from . import upscaler
+            from .. import upscaler
 
             upscaler.main(config)
         elif args.command == "notifier":
-            from . import notifier
+            from .. import notifier
 
             notifier.main(config)
         elif args.command == "projector":
-            from . import projector
+            from .. import projector
 
             projector.main(config, rebuild=args.rebuild)
     except (ConfigError, StorageError) as e:

@@ -11,7 +11,7 @@ import aiohttp
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
-from .config import Config
+from ..config import Config
 
 
 class ClientError(Exception):

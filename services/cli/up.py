@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .config import Config
+from ..config import Config
 from .embedded import EmbeddedNats, terminate
-from .lifecycle import die_with_parent
+from ..lifecycle import die_with_parent
 
 log = logging.getLogger("diffbus.up")
 

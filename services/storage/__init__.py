@@ -1,5 +1,5 @@
 """Image storage: the Storage protocol, its JetStream object store backend (the default), and
-`open_storage`, which picks the backend from config (S3 lives in services/s3storage.py)."""
+`open_storage`, which picks the backend from config (S3 lives in services/storage/s3.py)."""
 
 import asyncio
 import base64
@@ -22,8 +22,8 @@ from nats.js.object_store import (
 
 from schemas import subjects
 
-from . import telemetry
-from .config import Config
+from .. import telemetry
+from ..config import Config
 
 ROLLUP = {api.Header.ROLLUP: "sub"}  # the message replaces every earlier one on its subject
 FIRST = {**ROLLUP, "Nats-Expected-Last-Subject-Sequence": "0"}  # ... and there must be none
@@ -61,7 +61,7 @@ async def open_storage(config: Config, js: JetStreamContext) -> Storage:
     """The configured backend, checked: bad credentials or an unreachable store raise StorageError
     here, at start, rather than on the first job."""
     if config.storage.backend == "s3":
-        from .s3storage import S3Storage
+        from .s3 import S3Storage
 
         store: Storage = S3Storage(config.storage)
     else:

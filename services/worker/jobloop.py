@@ -22,9 +22,9 @@ from schemas.events import Cancelled, CancelRequested, Completed, Failed, ImageR
 from schemas.jobs import Job, job_subject
 from schemas.workers import WorkerAnnouncement
 
-from . import bus, lifecycle, metrics, storage, telemetry
-from .config import Config
-from .lifecycle import stop_event
+from .. import bus, lifecycle, metrics, storage, telemetry
+from ..config import Config
+from ..lifecycle import stop_event
 
 log = logging.getLogger("diffbus.jobloop")
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .lifecycle import die_with_parent
+from ..lifecycle import die_with_parent
 
 
 class EmbeddedNatsError(Exception):

@@ -1,0 +1,1 @@
+"""Task record -> reply shapes per dialect, shared by the api and the notifier."""

@@ -1,0 +1,1 @@
+"""The runtime both workers (gpu_worker, upscaler) share: pulling, heartbeats, cancels, settling, progress."""
