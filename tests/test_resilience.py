@@ -130,6 +130,23 @@ async def test_projector_rebuilt_from_the_stream_has_the_same_rows(stack, client
     wait_until(lambda: table_rows(db_path) == before, 30, "the database rebuilt after a lost tail", stack)
 
 
+async def test_projector_restart_resumes_from_its_consumer_without_rebuilding(stack, client):
+    before = await client.submit({"prompt": "before", "num_inference_steps": 2})
+    await client.wait(before)
+    projector = next(p for p in stack.procs if p.args[3] == "projector" and p.poll() is None)
+    assert Stack.stop(projector) == 0
+    db_path = stack.root / "data" / "tasks.db"
+    inode, rows = db_path.stat().st_ino, table_rows(db_path)
+    restarted = stack.start("projector")
+    wait_until(lambda: b"projector ready" in restarted.log_path.read_bytes(), 30, "the projector", stack)
+    after = await client.submit({"prompt": "after", "num_inference_steps": 2})
+    assert (await client.wait(after))["status"] == "completed"
+    assert (await (await client.task(before)).json())["status"] == "completed"
+    assert db_path.stat().st_ino == inode  # the same database, not one built anew
+    assert b"building" not in restarted.log_path.read_bytes()
+    assert {row[0] for row in rows} <= {row[0] for row in table_rows(db_path)}
+
+
 def test_demo_model_command_builds_a_loadable_folder(tmp_path):
     out = subprocess.run([sys.executable, "-m", "services.cli", "demo-model", str(tmp_path / "demo")],
                          capture_output=True, text=True, check=True)

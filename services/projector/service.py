@@ -158,7 +158,8 @@ async def _stale(js, db_path: Path) -> str | None:
         info = await js.consumer_info(subjects.TASKS, subjects.PROJECTOR_DURABLE)
     except NotFoundError:
         return None
-    if info.config.ack_policy is not AckPolicy.ALL or not info.config.deliver_subject:
+    # nats-py gives the policy as the server spelled it ("all"), not as an AckPolicy member
+    if AckPolicy(info.config.ack_policy) is not AckPolicy.ALL or not info.config.deliver_subject:
         return "its consumer was made by an older projector"
     tasks = TaskDB(db_path)
     try:
