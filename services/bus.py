@@ -6,6 +6,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 
 import nats
 import nats.errors
@@ -64,19 +65,52 @@ def connect_options(ncfg: NatsConfig) -> dict:
     return options
 
 
-async def connect(config: Config, name: str) -> Client:
-    """Connect to any of the configured servers; on losing it, reconnect to another, forever."""
-    client = nats.NATS()
+class Connection(Client):
+    """A NATS connection that makes again, after each reconnect, what its service needs: a restarted
+    nats-server has lost its memory-storage streams and buckets (PROGRESS, the workers bucket) and
+    what was made on them (watches, ephemeral consumers). Every stream and bucket is ensured, then
+    the steps the service added with `after_reconnect`, in order."""
 
-    async def reconnected() -> None:
-        log.info("nats: reconnected to %s", client.connected_url.netloc if client.connected_url else "?")
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        self.restore_steps: list[tuple[str, Callable[[], Awaitable]]] = []
+        self.restoring: asyncio.Task | None = None
 
+    def after_reconnect(self, what: str, step: Callable[[], Awaitable]) -> None:
+        """Run `step` (retried while JetStream is not ready) after every reconnect, once the streams
+        and buckets are back."""
+        self.restore_steps.append((what, step))
+
+    async def reconnected(self) -> None:
+        log.info("nats: reconnected to %s", self.connected_url.netloc if self.connected_url else "?")
+        if self.restoring is not None:
+            self.restoring.cancel()  # lost again while restoring: start over on this server
+        self.restoring = asyncio.create_task(self.restore())
+
+    async def restore(self) -> None:
+        try:
+            js = self.jetstream()
+            await ensure(js, self.config)
+            for what, step in self.restore_steps:
+                await retry(step, what)
+            log.info("nats: streams, buckets%s in place", "".join(f", {what}" for what, _ in self.restore_steps))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the next reconnect tries again
+            log.error("nats: could not restore what this service needs: %r", e)
+
+
+async def connect(config: Config, name: str) -> Connection:
+    """Connect to any of the configured servers; on losing it, reconnect to another, forever, and
+    make again what the service needs (see Connection)."""
+    client = Connection(config)
     await client.connect(
         config.nats.urls,
         name=name,
         error_cb=_log_error,
         disconnected_cb=_log_disconnected,
-        reconnected_cb=reconnected,
+        reconnected_cb=client.reconnected,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         drain_timeout=10,
@@ -195,3 +229,4 @@ async def last_event(js: JetStreamContext, task_id: str, event: str) -> bytes | 
     """The stored payload of a task's last `event`, straight from the TASKS stream."""
     msg = await last_event_msg(js, task_id, event)
     return None if msg is None else msg.data
+

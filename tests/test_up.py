@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import yaml
 
@@ -29,7 +30,14 @@ def alive(pid: int) -> bool:
     return True
 
 
-def test_up_serves_the_demo_model_with_a_generated_key_and_stops_on_ctrl_c(tmp_path):
+def log_tail(log):
+    class Tail:  # wait_until shows a stack's logs; this shows up's
+        def logs(self) -> str:
+            return log.read_text()[-3000:]
+    return Tail()
+
+
+def test_up_serves_the_demo_model_with_a_generated_key_restarts_its_nats_server_and_stops_on_ctrl_c(tmp_path):
     api_port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"), "api": {"port": api_port},
@@ -55,6 +63,18 @@ def test_up_serves_the_demo_model_with_a_generated_key_and_stops_on_ctrl_c(tmp_p
 
         children = children_of(up.pid)
         assert len(children) == 6  # nats-server, projector, notifier, upscaler, gpu-worker, api
+
+        # Its nats-server crashes: `up` says so and starts it again; the services carry on.
+        [nats_server] = [pid for pid in children if b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        os.kill(nats_server, signal.SIGKILL)
+        wait_until(lambda: "nats-server exited" in log.read_text(), 30, "up to notice", log_tail(log))
+        wait_until(lambda: (health(base) or {}).get("status") == "ok", 60, "/health ok again", log_tail(log))
+        with urllib.request.urlopen(request) as resp:
+            assert json.load(resp)["status"] == "pending"
+        children = [pid for pid in children if pid != nats_server] + [
+            pid for pid in children_of(up.pid) if pid not in children]
+        assert len(children) == 6 and all(alive(pid) for pid in children)
+
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
         assert not [pid for pid in children if alive(pid)]

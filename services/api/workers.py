@@ -28,6 +28,15 @@ class WorkerDirectory:
             self._task.cancel()
             await self._watcher.stop()
 
+    async def restart(self) -> None:
+        """Watch the bucket anew (after a nats-server restart made it again: the old watch follows a
+        bucket that is gone). Announcements already known stay until they are stale."""
+        try:
+            await self.stop()
+        except Exception as e:  # noqa: BLE001 - the old watch's consumer went with the server
+            log.debug("old workers watch: %r", e)
+        await self.start()
+
     async def _follow(self) -> None:
         async for entry in self._watcher:
             if entry is None:

@@ -16,12 +16,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..config import Config
-from .embedded import EmbeddedNats, terminate
+from .embedded import EmbeddedNats, EmbeddedNatsError, terminate
 from ..lifecycle import die_with_parent
 
 log = logging.getLogger("diffbus.up")
 
 SERVICES = ("projector", "notifier", "upscaler", "gpu-worker", "api")  # start order; stopped in reverse
+NATS_SERVER = "nats-server"  # the embedded one: watched and restarted like a service, stopped last (by `up`)
 STOP_TIMEOUT_S = 20.0
 
 
@@ -55,10 +56,11 @@ def ensure_webhook_secret(config: Config) -> None:
 
 
 class Supervisor:
-    def __init__(self, config: Config, nats_url: str):
+    def __init__(self, config: Config, nats_url: str, nats: EmbeddedNats | None = None):
         self.config = config
         self.nats_url = nats_url
-        self.children: dict[str, subprocess.Popen] = {}
+        self.nats = nats
+        self.children: dict[str, subprocess.Popen] = {} if nats is None else {NATS_SERVER: nats.proc}
         self.restarts: dict[str, int] = {}
         self.stopping = False
 
@@ -75,8 +77,21 @@ class Supervisor:
         return {**os.environ, "DIFFBUS_METRICS__PORT": str(port + SERVICES.index(service))}
 
     def spawn(self, service: str) -> None:
+        if service == NATS_SERVER:
+            self._restart_nats()
+            return
         self.children[service] = subprocess.Popen(self.command(service), start_new_session=True,
                                                   preexec_fn=die_with_parent, env=self.env(service))
+
+    def _restart_nats(self) -> None:
+        """The same server on the same store dir: services reconnect and make again what it lost."""
+        try:
+            self.nats.start()
+            log.info("nats-server restarted on %s (data in %s)", self.nats.url, self.nats.store_dir)
+        except EmbeddedNatsError as e:
+            log.error("nats-server did not start again: %s", e)
+        if self.nats.proc is not None:  # else (its port taken) the dead one stays, to be tried again
+            self.children[NATS_SERVER] = self.nats.proc
 
     def run(self) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -126,7 +141,7 @@ def up(config: Config) -> int:
         nats = EmbeddedNats(config.nats.url, Path(config.data_dir) / "nats").start()
         log.info("nats-server with JetStream on %s (data in %s)", nats.url, nats.store_dir)
     try:
-        return Supervisor(config, ",".join(config.nats.urls)).run()
+        return Supervisor(config, ",".join(config.nats.urls), nats).run()
     finally:
         if nats is not None:
             nats.stop()
