@@ -230,3 +230,15 @@ async def last_event(js: JetStreamContext, task_id: str, event: str) -> bytes | 
     msg = await last_event_msg(js, task_id, event)
     return None if msg is None else msg.data
 
+
+async def event_msgs(js: JetStreamContext, task_id: str, event: str, from_seq: int = 1):
+    """The stored messages of a task's `event`, oldest first, from stream sequence `from_seq` on
+    (a task's events start at its `accepted`, its number: a walk of a few requests)."""
+    subject = subjects.task_event(task_id, event)
+    while True:
+        try:
+            msg = await js.get_msg(subjects.TASKS, seq=from_seq, subject=subject, next=True)
+        except NotFoundError:
+            return
+        yield msg
+        from_seq = msg.seq + 1

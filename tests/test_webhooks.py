@@ -38,7 +38,7 @@ class Receiver:
         path = request.match_info["path"]
         seen = [c for c in self.calls if c["path"] == path]
         self.calls.append({"path": path, "headers": dict(request.headers), "body": await request.read(),
-                           "at": time.monotonic()})
+                           "at": time.monotonic(), "peer_port": request.transport.get_extra_info("peername")[1]})
         if path == "gone":
             return web.Response(status=410)
         if path in self.slow_first and not seen:

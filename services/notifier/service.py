@@ -34,6 +34,14 @@ from .delivery import Attempt, post
 log = logging.getLogger("diffbus.notifier")
 
 ACCEPTED_CACHE = 10_000
+MIN_ACK_WAIT_S = 1.0  # a delivery in hand is heartbeated every third of the consumer's ack wait
+
+
+def redelivery_wait(schedule: list[float]) -> float:
+    """The consumer's ack wait: how long a delivery cut off by a crash waits to be tried again. The
+    retry schedule's shortest step (so never longer than its next step), at least MIN_ACK_WAIT_S;
+    deliveries in hand, waiting for a slot or being posted, are heartbeated meanwhile."""
+    return max(MIN_ACK_WAIT_S, min(schedule, default=MIN_ACK_WAIT_S))
 
 
 def signers(config: Config) -> tuple[Webhook, dict[str, Webhook]]:
@@ -70,6 +78,8 @@ class Notifier:
         self.accepted: OrderedDict[str, tuple[Accepted | None, int | None]] = OrderedDict()
         self.progress_sent: dict[str, float] = {}
         self.tasks: set[asyncio.Task] = set()
+        self.in_hand: set[int] = set()  # stream sequences of the events being handled here
+        self.ack_wait = redelivery_wait(config.notifier.retry_schedule_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         ncfg = self.config.notifier
@@ -84,7 +94,7 @@ class Notifier:
             "", queue=subjects.NOTIFIER_DURABLE, durable=subjects.NOTIFIER_DURABLE, stream=subjects.TASKS,
             cb=self._on_event, manual_ack=True, flow_control=True, idle_heartbeat=5.0, config=ConsumerConfig(
                 filter_subjects=[subjects.task_event("*", Accepted.name()), *subjects.webhook_triggers()],
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=2 * ncfg.timeout_s + 10, max_deliver=-1,
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
                 max_ack_pending=10 * ncfg.max_in_flight, **start)), "notifier consumer")
         progress = await self.nc.subscribe(subjects.progress("*"), queue=subjects.NOTIFIER_QUEUE,
                                            cb=self._on_progress)
@@ -109,14 +119,17 @@ class Notifier:
         except NotFoundError:
             return {"deliver_policy": DeliverPolicy.ALL}
         if info.config.deliver_subject:  # ours already: it goes on where it is
+            if info.config.ack_wait != self.ack_wait:
+                await self.js.add_consumer(subjects.TASKS, info.config.evolve(ack_wait=self.ack_wait))
             return {}
         await self.js.delete_consumer(subjects.TASKS, subjects.NOTIFIER_DURABLE)
         log.info("notifier consumer now pushed, from stream sequence %d", info.ack_floor.stream_seq + 1)
         return {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": info.ack_floor.stream_seq + 1}
 
     async def _on_event(self, msg) -> None:
-        """Events one at a time, in stream order: `accepted` is remembered; others are handled with a
-        slot each (waiting for one holds back the rest: JetStream stops at max_ack_pending)."""
+        """Events one at a time, in stream order: `accepted` is remembered; others are handled each in a
+        task of its own, heartbeated until settled, that waits for a slot (JetStream stops delivering
+        at max_ack_pending)."""
         try:
             event = decode_event(msg.data)
         except Exception as e:  # noqa: BLE001 - an event we cannot read can never be delivered
@@ -131,7 +144,10 @@ class Notifier:
         if known is not None and not wants(known[0], payloads.about(event)):  # most tasks: no webhook
             await msg.ack()
             return
-        await self.slots.acquire()
+        seq = msg.metadata.sequence.stream
+        if seq in self.in_hand:  # redelivered while still handled here (a heartbeat came late)
+            return
+        self.in_hand.add(seq)
         self._spawn(self._handle(msg, event))
 
     def _spawn(self, coro) -> None:
@@ -141,7 +157,6 @@ class Notifier:
 
     def _done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
-        self.slots.release()
         if not task.cancelled() and task.exception():
             log.error("webhook delivery crashed", exc_info=task.exception())
 
@@ -162,14 +177,42 @@ class Notifier:
         return self.storage.url(key, self.base_url)
 
     async def _handle(self, msg, event) -> None:
-        """Deliver the event's webhook (traced), or ack at once when its task wants none."""
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            async with self.slots:
+                await self._handle_in_slot(msg, event)
+        finally:
+            heartbeat.cancel()
+            self.in_hand.discard(msg.metadata.sequence.stream)
+
+    async def _keep_alive(self, msg) -> None:
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            try:
+                await msg.in_progress()
+            except Exception as e:  # noqa: BLE001 - a missed heartbeat only risks a redelivery
+                log.warning("heartbeat failed: %s", e)
+
+    async def _handle_in_slot(self, msg, event) -> None:
+        """Deliver the event's webhook (traced), or ack at once when its task wants none or a receiver
+        already answered it with a 2xx (an earlier attempt whose ack was lost with its notifier)."""
         about = payloads.about(event)
         accepted, number = await self._accepted(event.task_id)
         if not wants(accepted, about):
             await msg.ack()
             return
+        if await self._delivered(event.task_id, about, number):
+            log.info("%s webhook of task %s was delivered before; not sending it again", about.value, event.task_id)
+            await msg.ack()
+            return
         with telemetry.consuming("webhook.deliver", [msg.headers], subject=msg.subject):
             await self._deliver(msg, event, about, accepted, number)
+
+    async def _delivered(self, task_id: str, about: WebhookEvent, number: int) -> bool:
+        async for stored in bus.event_msgs(self.js, task_id, WebhookDelivered.name(), number):
+            if decode(stored.data, WebhookDelivered).about == about:
+                return True
+        return False
 
     async def _deliver(self, msg, event, about: WebhookEvent, accepted: Accepted, number: int | None) -> None:
         started_at = event.at if isinstance(event, Started) else await self._started_at(event.task_id)
@@ -226,13 +269,13 @@ class Notifier:
             self.progress_sent.pop(next(iter(self.progress_sent)))
         if self.slots.locked():
             return  # busy with terminal events: a progress update may be dropped, a result may not
-        await self.slots.acquire()
         webhook_id = f"msg_{progress.task_id}_progress_{progress.tick}"
         self._spawn(self._post_progress(accepted, webhook_id, payloads.render(accepted, progress, self.file_url,
                                                                                   number=number)))
 
     async def _post_progress(self, accepted: Accepted, webhook_id: str, body: dict) -> None:
-        attempt = await self._post(accepted, webhook_id, body)
+        async with self.slots:
+            attempt = await self._post(accepted, webhook_id, body)
         delivered = backoff.outcome(attempt.status) is backoff.Outcome.DELIVERED
         metrics.WEBHOOK_ATTEMPTS.labels("delivered" if delivered else "failed").inc()
 
