@@ -59,3 +59,9 @@ def test_gpu_benchmark_runs_tiny_on_any_machine(bench_env):
     for name in ("plain", "unbatched", "batched_4", "batched_8"):
         assert r[name]["images_per_s"] > 0
     assert r["unbatched"]["images"] == r["plain"]["images"]
+
+
+def test_projector_restart_reports_both_starts_and_does_not_rebuild(bench_env):
+    r = run(bench_env, "projector_restart.py", "--tasks", "300")
+    assert r["events"] == 900 and r["restart_rebuilt"] is False
+    assert {"fill_s", "first_start_s", "restart_s", "machine"} <= r.keys()
