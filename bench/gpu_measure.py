@@ -121,7 +121,8 @@ def plain_loop(pipe, family, size: int, steps: int, batch: int, deadline: float,
     while done + batch <= max(max_images, 2 * batch):
         generate(pipe, family, size, steps, batch, seed=done)
         done, calls = done + batch, calls + 1
-        if calls >= 2 and 2 * time.perf_counter() - t - (time.perf_counter() - t) / calls > deadline:
+        per_call = (time.perf_counter() - t) / calls
+        if calls >= 2 and time.monotonic() + per_call > deadline:  # the next call would end past it
             break
     sync()
     wall = time.perf_counter() - t
