@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 WEB_ASSETS := services/api/static/vendor/VERSIONS
 
-.PHONY: run test install bench clean browser
+.PHONY: run test install bench bench-gpu-wheels clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench: $(BENCH_STAMP) $(WEB_ASSETS)
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/control_plane.py
 	$(BIN)/python bench/batching.py
+
+# Wheels for bench/device.sh on a GPU host without network (bench/README.md): cp312 for the host, cp311 for
+# the rehearsal here (bench/device.sh --tiny). Into the git-ignored .whl/, about 25 MB.
+GPU_PYTHONS ?= 3.12 3.11
+bench-gpu-wheels:
+	PIP="$(PYTHON) -m pip" bench/wheels.sh $(GPU_PYTHONS)
 
 clean:
 	rm -rf $(VENV) data services/api/static/vendor

@@ -1,244 +1,337 @@
-"""GPU throughput: an SD 1.5-sized pipeline (its published architecture configs, random weights: the
-compute does not depend on the weights' values), fp16, 512×512, 20 steps, on a CUDA machine with
-no network.
+"""GPU throughput, per model family (bench/gpu_families.py: SD 1.5, SDXL, SD3, Flux, random weights from
+their published configs), at the family's native size and steps, on a CUDA machine with no network.
 
-    .venv/bin/python bench/gpu.py [--images 32] [--size 512] [--steps 20]
-    .venv/bin/python bench/gpu.py --tiny        # the demo model, small and few, on any machine
+    python bench/gpu.py [--families sd15 sdxl sd3 flux] [--budget-s 360] [--images 32]
+    python bench/gpu.py --tiny        # the tiny models, 64×64, 4 steps, on any machine (the rehearsal)
 
-Measures, in one run: images/s of a plain diffusers loop (one image a call, in this process); of
-diffbus with one gpu_worker, batching off, with 4 clients keeping it busy; and with batching on
-(max_images 8), at 4 and at 8 concurrent jobs (that many clients). Each client submits over HTTP,
-follows the task's SSE stream and downloads the image. Also: torch.cuda.max_memory_allocated for
-one call of 1, 4 and 8 images; the GPU's idle share while diffbus ran (nvidia-smi utilization
-sampled every 50 ms, where nvidia-smi exists) and the worker's gap between one job's `completed`
-and the next one's `started`. Writes bench/results/gpu-<gpu name>.json.
+bench/device.sh runs it on a GPU host (bench/README.md). Each family runs in its own process with its
+share of the time budget: a crash of one family's CUDA path (its traceback printed) or a family out of
+time leaves the others running. Per family: the FLOPs of one image (torch's FLOP counter, on meta
+tensors) and the bf16 matmul rate measured in the same run, so every images/s reads as a fraction of
+the physical bound; images/s of a plain diffusers loop (batch 1), peak memory for 1, 4 and 8 images;
+where diffbus's worker serves the family: time to the first image (stack start, model load), images/s
+with batching off (4 clients) and on at 4 and 8 concurrent jobs, the GPU's busy share (nvidia-smi) and
+the worker's gaps; then each speed setting (worker.compile, channels_last, fuse_qkv, attention,
+vae_decode) against the defaults, in the plain loop at batch 4. Writes bench/results/gpu-<gpu>.json.
 """
 
 import argparse
 import asyncio
+import json
 import os
 import re
-import shutil
-import statistics
+import signal
 import subprocess
+import sys
 import tempfile
-import threading
 import time
+import traceback
 from pathlib import Path
 
 import aiohttp
-import nats
 
-from common import demo_model, machine, run_task, stacks, write_result
-from schemas import subjects
-from schemas.codec import decode_event
+from common import ROOT, Stack, machine, run_task, write_result
+from gpu_clients import clients
+from gpu_families import FAMILIES, Family, save
+from gpu_measure import matmul_tflops, peak_memory, pipeline_flops, plain_loop
 
-PROMPT = "a lighthouse at dusk, oil painting"
-
-# Stable Diffusion 1.5's published configs (unet/config.json, vae/config.json) and CLIP ViT-L/14's
-# text model (the text encoder SD 1.5 ships).
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, center_input_sample=False, flip_sin_to_cos=True, freq_shift=0,
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
-    act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, sample_size=512, act_fn="silu", layers_per_block=2,
-    block_out_channels=(128, 256, 512, 512), norm_num_groups=32, scaling_factor=0.18215,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-VIT_L14_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768)
+STARTED = time.monotonic()
+SETTINGS = {"defaults": {}, "channels_last": {"channels_last": True}, "fuse_qkv": {"fuse_qkv": True},
+            "classic_attention": {"attention": "classic"}, "vae_per_image": {"vae_decode": "per_image"},
+            "compile": {"compile": True}}
+SHARE = {"sd15": 0.2, "sdxl": 0.25, "sd3": 0.25, "flux": 0.3}  # of the time budget
+DIFFBUS_RUNS = {"unbatched": (False, 4), "batched_4": (True, 4), "batched_8": (True, 8)}  # (batching, clients)
 
 
-def build_sd15(path: Path) -> Path:
-    """The SD 1.5 architecture with random weights, saved in fp16 as an ordinary diffusers folder."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+class FamilyRun:
+    """One family's measurements in this process, each step recorded (or its error) as it ends."""
 
-    from services.gpu_worker.demo_model import write_tokenizer
+    def __init__(self, family: Family, args, tmp: Path):
+        import torch
 
-    if (path / "model_index.json").exists():
-        return path
-    write_tokenizer(path.parent / "tokenizer-src")  # a byte-level vocabulary: no download
-    tokenizer = CLIPTokenizer.from_pretrained(path.parent / "tokenizer-src", model_max_length=77)
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init is much faster there
-        unet = UNet2DConditionModel(**SD15_UNET)
-        vae = AutoencoderKL(**SD15_VAE)
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            **VIT_L14_TEXT, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id))
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.to(torch.float16).to("cpu").save_pretrained(path)
-    return path
+        self.family, self.args, self.tmp = family, args, tmp
+        self.size, self.steps = (64, 4) if args.tiny else (family.size, family.steps)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.deadline = STARTED + args.budget_s  # the imports count too
+        self.out = {"family": family.name, "model": "tiny " + family.name if args.tiny else family.model,
+                    "size": self.size, "steps": self.steps, "guidance_scale": family.guidance,
+                    "served_by_diffbus": family.worker, "budget_s": args.budget_s}
+        self.path: Path | None = None
 
+    def step(self, key: str, fn, steps_left: int = 1, into: dict | None = None):
+        """Run `fn(deadline)` with its share of the time left; record its result (or its traceback, or
+        that it was skipped) as `into[key]` (default: the family's results); the record."""
+        into = self.out if into is None else into
+        left = self.deadline - time.monotonic()
+        if left < 5 and not self.args.tiny:  # a rehearsal runs every step (its budget only stops a hang)
+            into[key] = {"skipped": "out of the family's time budget"}
+            print(f"[{self.family.name}] {key}: skipped (time budget)", flush=True)
+            return into[key]
+        print(f"[{self.family.name}] {key}", flush=True)
+        t = time.perf_counter()
+        try:
+            into[key] = fn(time.monotonic() + left / steps_left)
+        except Exception:  # a CUDA path that crashes: shown, recorded, and the next step still runs
+            traceback.print_exc()
+            into[key] = {"error": traceback.format_exc()[-3000:]}
+        into[key]["step_s"] = time.perf_counter() - t
+        (self.tmp / "part.json").write_text(json.dumps(self.out, indent=2))
+        return into[key]
 
-def plain_loop(model: Path, images: int, size: int, steps: int) -> dict:
-    """A plain diffusers loop, one image a call, after a warm-up; then the memory peak of one call of
-    1, 4 and 8 images."""
-    import torch
-    from diffusers import StableDiffusionPipeline
+    def run(self) -> None:
+        self.step("matmul", lambda _: matmul_tflops())
+        self.step("flops", lambda _: self.flops())
+        if self.family.worker:
+            self.step("weights", lambda _: self.save())
+        self.step("plain", self.plain, 4)
+        if self.family.worker and self.path is not None:
+            self.step("diffbus", self.diffbus, 3)
+        self.out["settings"] = {}
+        for i, (name, settings) in enumerate(SETTINGS.items()):
+            if settings.get("compile") and self.device != "cuda":  # minutes of C++ compiling on a CPU
+                self.out["settings"][name] = {"skipped": "measured on CUDA only"}
+                continue
+            self.step(name, lambda d, s=settings: self.setting(s, d), len(SETTINGS) - i, into=self.out["settings"])
+        bound = self.images_per_s_bound()
+        if bound:
+            self.out["bound_images_per_s"] = bound
+            for r in [self.out.get("plain"), *self.out.get("diffbus", {}).values()]:
+                if isinstance(r, dict) and "images_per_s" in r:
+                    r["fraction_of_bound"] = r["images_per_s"] / bound
+        (self.tmp / "part.json").write_text(json.dumps(self.out, indent=2))
 
-    cuda = torch.cuda.is_available()
-    pipe = StableDiffusionPipeline.from_pretrained(model, dtype=torch.float16 if cuda else torch.float32,
-                                                   safety_checker=None, requires_safety_checker=False)
-    pipe.to("cuda" if cuda else "cpu")
-    pipe.set_progress_bar_config(disable=True)
+    def flops(self) -> dict:
+        with tempfile.TemporaryDirectory() as tok:
+            pipe = self.family.build(self.args.tiny, Path(tok), "cpu" if self.args.tiny else "meta")
+        return pipeline_flops(pipe, self.family, self.size, self.steps)
 
-    def call(n: int, seed: int):
-        return pipe([PROMPT] * n, height=size, width=size, num_inference_steps=steps,
-                    generator=[torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]).images
+    def images_per_s_bound(self) -> float | None:
+        try:
+            return self.out["matmul"]["tflops"] / self.out["flops"]["per_image_tflop"]
+        except (KeyError, TypeError):
+            return None
 
-    call(1, 0)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    sync()
-    t = time.perf_counter()
-    for i in range(images):
-        call(1, i)
-    sync()
-    wall = time.perf_counter() - t
-    peaks = {}
-    if cuda:
-        for n in (1, 4, 8):
-            torch.cuda.reset_peak_memory_stats()
-            call(n, 0)
-            peaks[f"batch_{n}_gb"] = torch.cuda.max_memory_allocated() / 2**30
-    del pipe
-    if cuda:
-        torch.cuda.empty_cache()
-    return {"images": images, "wall_s": wall, "images_per_s": images / wall, "peak_memory": peaks}
-
-
-class Utilization:
-    """nvidia-smi's GPU utilization every 50 ms, while running (nothing where nvidia-smi is missing)."""
-
-    def __init__(self):
-        self.samples: list[int] = []
-        self.proc = None
-
-    def __enter__(self):
-        if shutil.which("nvidia-smi"):
-            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                          "-i", "0", "-lms", "50"], stdout=subprocess.PIPE, text=True)
-            threading.Thread(target=self._read, daemon=True).start()
-        return self
-
-    def _read(self):
-        for line in self.proc.stdout:
-            if line.strip().isdigit():
-                self.samples.append(int(line))
-
-    def __exit__(self, *exc):
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait()
-
-    @property
-    def idle_share(self) -> float | None:
-        return sum(s == 0 for s in self.samples) / len(self.samples) if self.samples else None
-
-
-async def worker_gaps(nats_url: str, task_ids: list[str]) -> list[float]:
-    """Seconds between the worker's busy spans (`started` to `completed`, from its own timestamps;
-    the jobs of one batch overlap into one span)."""
-    nc = await nats.connect(nats_url)
-    try:
-        js, spans = nc.jetstream(), []
-        for task_id in task_ids:
-            spans.append([decode_event((await js.get_last_msg(subjects.TASKS, subjects.task_event(task_id, e))).data).at
-                          for e in ("started", "completed")])
-    finally:
-        await nc.close()
-    merged: list[list[float]] = []
-    for start, end in sorted(spans):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
+    def save(self) -> dict:
+        t = time.perf_counter()
+        if self.args.tiny and self.family.name == "sd15" and os.environ.get("BENCH_DEMO_MODEL"):
+            self.path = Path(os.environ["BENCH_DEMO_MODEL"])  # the smoke test's, built once
         else:
-            merged.append([start, end])
-    return [b[0] - a[1] for a, b in zip(merged, merged[1:])]
+            self.path = save(self.family, self.args.tiny, self.tmp / self.family.name, self.device)
+        return {"path": str(self.path), "build_s": time.perf_counter() - t}
+
+    def pipeline(self, **settings):
+        """The pipeline as diffbus's worker loads it (its ModelRegistry, fp16 on CUDA, the speed settings);
+        built in memory for a family the worker does not serve yet."""
+        import torch
+
+        from services.config import WorkerConfig, load
+        from services.gpu_worker import speed
+        from services.gpu_worker.pipelines import ModelRegistry
+
+        if self.path is not None:
+            config = load(environ={}, data_dir=str(self.tmp / "data"), worker={"device": self.device, **settings},
+                          models=[{"name": self.family.name, "path": str(self.path)}])
+            return ModelRegistry(config).pipeline(self.family.name)
+        torch.manual_seed(0)
+        with tempfile.TemporaryDirectory() as tok:
+            pipe = self.family.build(self.args.tiny, Path(tok), self.device)
+        pipe.to(torch.float16 if self.device == "cuda" else torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        speed.apply(pipe, WorkerConfig(**settings))
+        return pipe
+
+    def plain(self, deadline: float) -> dict:
+        t = time.perf_counter()
+        pipe = self.pipeline()
+        load_s = time.perf_counter() - t
+        result = {"load_s": load_s, **plain_loop(pipe, self.family, self.size, self.steps, 1, deadline,
+                                                 self.args.images)}
+        if self.device == "cuda":
+            result["peak_memory"] = peak_memory(pipe, self.family, self.size, self.steps)
+        release(pipe)
+        return result
+
+    def setting(self, settings: dict, deadline: float) -> dict:
+        t = time.perf_counter()
+        pipe = self.pipeline(**settings)
+        result = {"load_s": time.perf_counter() - t,
+                  **plain_loop(pipe, self.family, self.size, self.steps, 4, deadline, self.args.images)}
+        release(pipe)
+        defaults = self.out["settings"].get("defaults") or {}
+        if "images_per_s" in defaults:
+            result["ratio_vs_defaults"] = result["images_per_s"] / defaults["images_per_s"]
+        return result
+
+    def diffbus(self, deadline: float) -> dict:
+        body = {"prompt": "a lighthouse at dusk, oil painting", "model": self.family.name, "width": self.size,
+                "height": self.size, "num_inference_steps": self.steps, "guidance_scale": self.family.guidance}
+        plain = self.out.get("plain", {}).get("images_per_s")
+        results = {}
+        for batching in (False, True):
+            runs = {name: clients_n for name, (on, clients_n) in DIFFBUS_RUNS.items() if on == batching}
+            per_run = (deadline - time.monotonic()) / (len(DIFFBUS_RUNS) - len(results))
+            results.update(self.one_stack(batching, runs, body, self.images_for(plain, per_run)))
+        for r in results.values():
+            if plain and "images_per_s" in r:
+                r["ratio_vs_plain"] = r["images_per_s"] / plain
+        return results
+
+    def images_for(self, plain_images_per_s: float | None, seconds: float) -> int:
+        floor = min(8, self.args.images)
+        if not plain_images_per_s:
+            return floor
+        return max(floor, min(self.args.images, int(plain_images_per_s * seconds * 0.6)))
+
+    def one_stack(self, batching: bool, runs: dict[str, int], body: dict, images: int) -> dict:
+        """One `diffbus up` (batching on or off), the clients of each run in turn; its log kept."""
+        stack = Stack(self.tmp / f"stack-{'on' if batching else 'off'}",
+                      models=[{"name": self.family.name, "path": str(self.path), "width": self.size,
+                               "height": self.size}],
+                      worker={"batching": {"enabled": batching, "max_images": 8}},
+                      limits={"max_width": max(2048, self.size), "max_height": max(2048, self.size)})
+        t = time.perf_counter()
+        stack.spawn()
+        results = {}
+        try:
+            stack.wait_ready(timeout=600)
+            asyncio.run(first_image(stack.base, body))
+            first = time.perf_counter() - t  # stack start, model load, one image in hand
+            for name, count in runs.items():
+                results[name] = asyncio.run(clients(stack.base, stack.nats_url, count, images, body))
+                results[name]["time_to_first_image_s"] = first
+        finally:
+            stack.signal_stop()
+            stack.wait_stopped()
+        return results
 
 
-async def clients(base: str, nats_url: str, count: int, images: int, body: dict) -> dict:
-    """`count` clients, each submitting one job, awaiting it and going on, until `images` are done."""
-    ids, left = [], images
-
-    async def client(session, n: int) -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            task, _ = await run_task(session, base, "/api/v1/generate", {**body, "seed": n * 10_000 + left})
-            ids.append(task["task_id"])
-
+async def first_image(base: str, body: dict) -> None:
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(run_task(session, base, "/api/v1/generate", body) for _ in range(count)))  # warm-up
-        with Utilization() as util:
-            t = time.perf_counter()
-            await asyncio.gather(*(client(session, n) for n in range(count)))
-            wall = time.perf_counter() - t
-    gaps = await worker_gaps(nats_url, ids)
-    return {"clients": count, "images": len(ids), "wall_s": wall, "images_per_s": len(ids) / wall,
-            "gpu_idle_share": util.idle_share, "worker_gap_ms_median": 1000 * statistics.median(gaps) if gaps else None,
-            "worker_gap_ms_total": 1000 * sum(gaps)}
+        await run_task(session, base, "/api/v1/generate", body)
 
 
-def gpu_name() -> str:
+def quiet_progress_bars() -> None:
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
+def release(pipe) -> None:
+    import gc
+
     import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    del pipe
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def run_families(args) -> dict:
+    """Each family in its own process, with its share of the budget; what each recorded."""
+    families = {}
+    total = sum(SHARE[name] for name in args.families)
+    for name in args.families:
+        budget = args.budget_s * SHARE[name] / total
+        with tempfile.TemporaryDirectory(prefix=f"diffbus-gpu-{name}-") as d:
+            scratch = Path(d)
+            cmd = [sys.executable, __file__, "--one", name, "--scratch", d, "--budget-s", f"{budget:.0f}",
+                   "--images", str(args.images)] + (["--tiny"] if args.tiny else [])
+            code = run_with_timeout(cmd, budget + 15)  # a step begun in time may overrun a little
+            part = scratch / "part.json"
+            families[name] = json.loads(part.read_text()) if part.exists() else {"family": name}
+            if code != 0:
+                families[name]["process"] = f"ended: {code}"  # killed or crashed: what it had recorded stays
+                print(f"[{name}] the family's process ended: {code}", flush=True)
+            if args.stack_logs:
+                with open(args.stack_logs, "a") as logs:
+                    for log in sorted(scratch.glob("stack-*/up.log")):
+                        logs.write(f"==== {name}, batching {log.parent.name.removeprefix('stack-')}\n")
+                        logs.write(log.read_text(errors="replace"))
+    return families
+
+
+def run_with_timeout(cmd: list[str], timeout: float) -> int | str:
+    """Run a family's process; past `timeout`, SIGTERM (it stops its stack), then SIGKILL 20 s later."""
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return f"timed out after {timeout:.0f} s"
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends a family's process through its `finally`s, so its `diffbus up` stops too."""
+    def handler(signum, frame):
+        raise SystemExit(f"stopped by signal {signum}")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def report(result: dict) -> None:
+    print(f"\n{result['gpu']}: bf16/fp32 matmul, images/s (x plain loop; share of the FLOP bound)")
+    for name, f in result["families"].items():
+        bound = f.get("bound_images_per_s")
+        print(f"{name}: {f.get('model')}, {f.get('size')}x{f.get('size')}, {f.get('steps')} steps"
+              + (f", bound {bound:.2f} images/s" if bound else "") + (f" [{f['process']}]" if "process" in f else ""))
+        diffbus = f.get("diffbus", {})
+        runs = [("diffbus", diffbus)] if "error" in diffbus or "skipped" in diffbus else list(diffbus.items())
+        rows = [("plain loop", f.get("plain"))] + runs + \
+            [(f"setting {k} (b4)", v) for k, v in (f.get("settings") or {}).items()]
+        for label, r in rows:
+            if not isinstance(r, dict):
+                continue
+            if "images_per_s" not in r:
+                print(f"  {label:28} {'error' if 'error' in r else r.get('skipped', '-')}")
+                continue
+            extra = [f"x{r[k]:.2f}" for k in ("ratio_vs_plain", "ratio_vs_defaults") if k in r]
+            extra += [f"{100 * r['fraction_of_bound']:.0f}% of bound"] if "fraction_of_bound" in r else []
+            extra += [f"GPU busy {100 * r['gpu_busy_share']:.0f}%"] if r.get("gpu_busy_share") is not None else []
+            extra += [f"first image {r['time_to_first_image_s']:.1f} s"] if "time_to_first_image_s" in r else []
+            print(f"  {label:28} {r['images_per_s']:8.3f}  " + "  ".join(extra))
+        for key, gib in ((f.get("plain") or {}).get("peak_memory") or {}).items():
+            print(f"  peak memory {key}: {gib:.2f} GiB")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=32, help="images in each measurement")
-    ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--tiny", action="store_true", help="the demo model at 64×64, 4 steps, 4 images (CPU smoke run)")
+    ap.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    ap.add_argument("--budget-s", type=float, help="seconds for all families together (360; --tiny: 1800, a cap)")
+    ap.add_argument("--images", type=int, default=32, help="at most this many images a measurement")
+    ap.add_argument("--tiny", action="store_true", help="tiny models, 64×64, 4 steps (a CPU rehearsal)")
+    ap.add_argument("--name", help="results file name (default gpu-<gpu>, gpu-tiny-<gpu> with --tiny)")
+    ap.add_argument("--stack-logs", help="append every stack's log to this file")
+    ap.add_argument("--one", choices=list(FAMILIES), help=argparse.SUPPRESS)  # a family's own process
+    ap.add_argument("--scratch", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.tiny:
-        args.images, args.size, args.steps = 4, 64, 4
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    body = {"prompt": PROMPT, "width": args.size, "height": args.size, "num_inference_steps": args.steps}
-    result = {"benchmark": "gpu", "machine": machine(), "gpu": gpu_name(), "request": body,
-              "model": "demo (tiny)" if args.tiny else "SD 1.5 architecture, random weights, fp16"}
-    with tempfile.TemporaryDirectory(prefix="diffbus-bench-") as d:
-        tmp = Path(d)
-        model = demo_model(tmp) if args.tiny else build_sd15(tmp / "sd15")
-        print("plain diffusers loop", flush=True)
-        result["plain"] = plain_loop(model, args.images, args.size, args.steps)
-        models = [{"name": "demo" if args.tiny else "sd15", "path": str(model), "width": args.size,
-                   "height": args.size}]
-        # (stack, clients): with max_images 8, 4 clients make batches of at most 4.
-        runs = {"unbatched": ("off", 4), "batched_4": ("on", 4), "batched_8": ("on", 8)}
-        configs = {mode: {"models": models, "worker": {"batching": {"enabled": mode == "on", "max_images": 8}}}
-                   for mode in ("off", "on")}
-        with stacks(tmp, configs) as up:  # side by side; they take turns, and an idle one uses no GPU
-            for name, (mode, count) in runs.items():
-                print(f"diffbus {name}", flush=True)
-                result[name] = asyncio.run(clients(up[mode].base, up[mode].nats_url, count, args.images, body))
-                result[name]["ratio_vs_plain"] = result[name]["images_per_s"] / result["plain"]["images_per_s"]
-    result["targets"] = {
-        "unbatched_at_least_0.98x_plain": result["unbatched"]["ratio_vs_plain"] >= 0.98,
-        "batched_at_least_1.5x_plain": max(result[n]["ratio_vs_plain"] for n in ("batched_4", "batched_8")) >= 1.5}
-    print(f"\n{result['gpu']}: {result['model']}, {args.size}x{args.size}, {args.steps} steps, {args.images} images each")
-    print(f"{'':12} {'images/s':>9} {'x plain':>8} {'GPU idle':>9} {'gap ms':>7}")
-    print(f"{'plain loop':12} {result['plain']['images_per_s']:9.3f} {1:8.2f}")
-    for name in runs:
-        r = result[name]
-        idle = "-" if r["gpu_idle_share"] is None else f"{100 * r['gpu_idle_share']:.0f}%"
-        gap = "-" if r["worker_gap_ms_median"] is None else f"{r['worker_gap_ms_median']:.0f}"
-        print(f"{name:12} {r['images_per_s']:9.3f} {r['ratio_vs_plain']:8.2f} {idle:>9} {gap:>7}")
-    for key, gb in result["plain"]["peak_memory"].items():
-        print(f"peak memory {key.removesuffix('_gb').replace('_', ' ')}: {gb:.2f} GiB")
-    print(f"targets: {result['targets']}")
-    name = re.sub(r"[^a-z0-9]+", "-", result["gpu"].lower()).strip("-")
-    write_result(f"gpu-tiny-{name}" if args.tiny else f"gpu-{name}", result)  # only real runs are committed
+    if args.budget_s is None:
+        args.budget_s = 1800 if args.tiny else 360
+    if args.tiny:
+        args.images = min(args.images, 4)
+    if args.one:
+        stop_on_sigterm()
+        quiet_progress_bars()
+        FamilyRun(FAMILIES[args.one], args, Path(args.scratch)).run()
+        return
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    result = {"benchmark": "gpu", "machine": machine(), "gpu": gpu, "torch": torch.__version__,
+              "tiny": args.tiny, "budget_s": args.budget_s}
+    t = time.perf_counter()
+    result["families"] = run_families(args)
+    result["wall_s"] = time.perf_counter() - t
+    report(result)
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
+    write_result(args.name or (f"gpu-tiny-{slug}" if args.tiny else f"gpu-{slug}"), result)
 
 
 if __name__ == "__main__":

@@ -155,6 +155,17 @@ class WorkerConfig(_Section):
     max_loaded_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None  # and their weights' size
     lora_dir: str | None = None  # LoRA files (.safetensors); default: data_dir/loras
     batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
+    # Settings that decide GPU speed, applied when a model loads (gpu_worker/speed.py; bench/gpu.py
+    # measures each on and off):
+    compile: bool = False  # torch.compile the denoiser (UNet or transformer): slow first calls, then faster
+    channels_last: bool = False  # channels-last memory format for the denoiser's and VAE's convolutions
+    fuse_qkv: bool = False  # one matmul for each attention's query, key and value projections
+    attention: Literal["sdpa", "classic"] = "sdpa"  # classic: explicit matmul-softmax-matmul, no fused kernel
+    vae_decode: Literal["batch", "per_image"] = "batch"  # per_image: VAE slicing, less memory, slower
+
+    def __post_init__(self) -> None:
+        if self.fuse_qkv and self.attention == "classic":
+            raise ValueError("worker.fuse_qkv needs worker.attention: sdpa (fused projections use SDPA)")
 
 
 class ProgressConfig(_Section):

@@ -22,7 +22,7 @@ def bench_env(tmp_path_factory, demo_model) -> dict:
 def run(env: dict, script: str, *args: str) -> dict:
     """Run bench/<script>; the JSON it wrote."""
     proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
-                          timeout=240, env=env)
+                          timeout=1100, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     written = proc.stdout.rsplit("wrote ", 1)[1].strip()
     return json.loads(Path(written).read_text())
@@ -53,12 +53,44 @@ def test_batching_reports_on_and_off(bench_env):
     assert {"images_per_s", "first_image_latency", "median_latency"} <= r["ratio_on_over_off"].keys()
 
 
+@pytest.mark.timeout(1200)
 def test_gpu_benchmark_runs_tiny_on_any_machine(bench_env):
-    r = run(bench_env, "gpu.py", "--tiny")
-    assert r["model"] == "demo (tiny)"
-    for name in ("plain", "unbatched", "batched_4", "batched_8"):
-        assert r[name]["images_per_s"] > 0
-    assert r["unbatched"]["images"] == r["plain"]["images"]
+    """SD 1.5 (served by diffbus: plain loop, diffbus, settings) and Flux (a transformer and T5: plain
+    loop and settings), tiny; `bench/device.sh --tiny` runs every family."""
+    r = run(bench_env, "gpu.py", "--tiny", "--families", "sd15", "flux")
+    for name, family in r["families"].items():
+        assert family["model"] == f"tiny {name}" and "process" not in family, family
+        assert family["flops"]["per_image_tflop"] > 0 and family["bound_images_per_s"] > 0
+        assert family["plain"]["images_per_s"] > 0 and family["plain"]["fraction_of_bound"] > 0
+        assert family["settings"]["defaults"]["images_per_s"] > 0
+    sd15 = r["families"]["sd15"]
+    for name in ("unbatched", "batched_4", "batched_8"):
+        assert sd15["diffbus"][name]["images_per_s"] > 0 and sd15["diffbus"][name]["time_to_first_image_s"] > 0
+    assert sd15["diffbus"]["unbatched"]["images"] >= 4
+    assert "diffbus" not in r["families"]["flux"]  # the worker does not serve Flux yet
+
+
+WHEELS = Path(__file__).resolve().parent.parent / ".whl"
+
+
+@pytest.mark.skipif(not any(WHEELS.glob("*.whl")),
+                    reason=".whl/ is absent: `make bench-gpu-wheels` downloads what the rehearsal installs")
+@pytest.mark.timeout(1200)
+def test_device_script_rehearses_the_gpu_run_from_the_wheels_alone(tmp_path, demo_model):
+    """bench/device.sh --tiny: the GPU host's packages and .whl/, nothing else; SD 1.5 through diffbus
+    (every family: by hand, minutes); the stacks' logs beside the results."""
+    env = {**os.environ, "OUT": str(tmp_path), "BENCH_DEMO_MODEL": str(demo_model), "FAMILIES": "sd15"}
+    proc = subprocess.run(["bash", str(BENCH / "device.sh"), "--tiny"], capture_output=True, text=True,
+                          timeout=1100, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "diffusers 0." in proc.stdout and "torch 2." in proc.stdout
+    r = json.loads((tmp_path / "gpu-tiny-cpu.json").read_text())
+    sd15 = r["families"]["sd15"]
+    assert "process" not in sd15 and sd15["plain"]["images_per_s"] > 0
+    assert sd15["diffbus"]["batched_8"]["images"] >= 4
+    assert sd15["settings"]["fuse_qkv"]["images_per_s"] > 0
+    assert "==== sd15, batching on" in (tmp_path / "stacks-cpu.log").read_text()
+    assert "wrote " in (tmp_path / "device-cpu.log").read_text()
 
 
 def test_projector_restart_reports_both_starts_and_does_not_rebuild(bench_env):

@@ -9,7 +9,7 @@ from pathlib import Path
 from services import metrics, telemetry
 from services.config import DEMO_MODEL, Config, ModelConfig
 
-from . import demo_model
+from . import demo_model, speed
 
 log = logging.getLogger("diffbus.gpu_worker")
 
@@ -99,6 +99,7 @@ class ModelRegistry:
             pipe = AutoPipelineForText2Image.from_pretrained(
                 path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
         pipe.to(self.device)
+        speed.apply(pipe, self.config.worker)
         log.info("loaded model %s from %s on %s (%s)", model.name, path, self.device, dtype)
         return pipe
 
