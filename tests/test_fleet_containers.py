@@ -50,7 +50,9 @@ def engine_problem() -> str | None:
 
 
 SKIP_REASON = engine_problem()
-pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON))
+BUILD = os.environ.get("DIFFBUS_TEST_BUILD_IMAGE") == "1"
+pytestmark = [pytest.mark.skipif(SKIP_REASON is not None, reason=str(SKIP_REASON)),
+              pytest.mark.timeout(3600 if BUILD else 300)]  # a build from nothing takes minutes
 
 
 def free_ports(n: int) -> list[int]:
@@ -113,11 +115,16 @@ def wait_until(predicate, timeout: float, what: str, fleet: Fleet):
 
 
 @pytest.fixture(scope="module")
-def fleet():
-    if os.environ.get("DIFFBUS_TEST_BUILD_IMAGE") == "1":
+def image() -> str:
+    if BUILD:
         out = subprocess.run(["make", "image", "BASE_IMAGE=local", f"IMAGE={IMAGE}"], cwd=ROOT,
                              capture_output=True, text=True, timeout=3600)
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def fleet(image):
     f = Fleet()
     try:
         f.compose("up", "-d")
@@ -129,7 +136,7 @@ def fleet():
         f.compose("down", "-v", "--remove-orphans")
 
 
-def test_the_image_runs_every_service_as_a_user_and_holds_no_weights():
+def test_the_image_runs_every_service_as_a_user_and_holds_no_weights(image):
     assert docker("image", "inspect", IMAGE, "--format", "{{.Config.User}}").stdout.strip() == "diffbus"
     for service in ("up", "api", "gpu-worker", "upscaler", "projector", "notifier"):
         out = docker("run", "--rm", IMAGE, service, "--help")
@@ -138,6 +145,12 @@ def test_the_image_runs_every_service_as_a_user_and_holds_no_weights():
                      "(", *" -o ".join(f"-name *.{ext}" for ext in WEIGHT_FILES).split(), ")")
     assert weights.returncode == 0 and weights.stdout.split() == [], weights.stderr
     assert docker("run", "--rm", "--entrypoint", "id", IMAGE, "-u").stdout.strip() == "1000"
+    host = docker("run", "--rm", "--entrypoint", "python", IMAGE, "-c",
+                  "from services.config import load; print(load().api.host)")
+    assert host.stdout.strip() == "0.0.0.0", host.stderr  # `docker run -p 8000:8000 diffbus` reaches `up`'s API
+    docs = docker("run", "--rm", "--entrypoint", "python", IMAGE, "-c",
+                  "from services.api.docs import VENDOR; print(sorted(p.name for p in VENDOR.iterdir()))")
+    assert "swagger-ui" in docs.stdout and "redoc" in docs.stdout, docs.stderr  # /docs and /redoc work
 
 
 async def submit(session: aiohttp.ClientSession, base_url: str, key: str) -> str:
@@ -176,6 +189,9 @@ async def test_a_task_sent_to_one_api_is_read_through_the_other_with_its_image_i
         task_id = await submit(session, fleet.api[0], "compose-first")
         task = (await wait_completed(session, fleet.api[1], [task_id], fleet))[task_id]
     print(f"\nfirst task completed {time.monotonic() - fleet.started:.0f}s after `up -d`")
+    restarts = {c: docker("inspect", "--format", "{{.RestartCount}}", c).stdout.strip()
+                for c in fleet.compose("ps", "-q").stdout.split()}
+    assert set(restarts.values()) == {"0"}, restarts  # every service waited for NATS and S3, none crashed
     assert task["result_url"].startswith(fleet.env["S3_PUBLIC_ENDPOINT"])
     with urllib.request.urlopen(task["result_url"], timeout=10) as resp:
         assert resp.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -227,5 +243,6 @@ async def test_killing_the_job_stream_leader_loses_no_task_and_runs_none_twice(f
 
 
 def test_down_leaves_nothing_behind(fleet):
+    assert len(fleet.leftovers()) >= 10 + 7 + 1  # containers, volumes, the network
     fleet.compose("down", "-v", "--remove-orphans")
     assert fleet.leftovers() == []
