@@ -6,6 +6,7 @@ The original answers every error with HTTP 200 and a code; diffbus sends the sam
 status (sdwm.error_http_status: false restores the original's 200)."""
 
 import base64
+import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from schemas.events import TaskStatus
 from schemas.jobs import Img2Img, Inpaint, Upscale
 from schemas.queries import TaskRecord
 
-from . import a1111, apidoc, native, seed_examples, validation
+from . import apidoc, native, seed_examples, validation
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError
@@ -122,7 +123,7 @@ def principal(request: web.Request) -> Principal:
     given = request.headers.get("X-API-SECRET", "")
     if not config.secret or not hmac.compare_digest(given.encode(), config.secret.encode()):
         raise Reject(AUTHORIZE_FAILED, "Authorize failed", 401)
-    return Principal(owner=config.owner)
+    return Principal(owner=request.app[CTX].config.sdwm_owner, secret=hashlib.sha256(config.secret.encode()).digest())
 
 
 def handler(fn: Callable[[web.Request, Principal, dict], Awaitable]) -> Callable:
@@ -196,17 +197,11 @@ async def submit_img2img(request: web.Request, who: Principal, body) -> int:
         raise Reject(BAD_ARGUMENT, "initialImages must be a non-empty list of base64 images")
     if len(images) > ctx.config.limits.max_images:
         raise Reject(BAD_ARGUMENT, f"at most {ctx.config.limits.max_images} initialImages")
-    if mode not in a1111.RESIZE_MODES:
-        raise Reject(BAD_ARGUMENT, f"resizeMode must be one of {sorted(a1111.RESIZE_MODES)}")
-    for axis, value in (("width", width), ("height", height)):
-        try:
-            validation.check_multiple_of_8(value, ctx.config, axis)
-        except ValueError as e:
-            raise Reject(BAD_ARGUMENT, str(e)) from None
-    resized = [a1111.resized(image, width, height, mode) for image in images]
+    resized = [await validation.resized_image(image, ["initialImages", i], width, height, mode, ctx.config)
+               for i, image in enumerate(images)]
     req = _native(ctx, {**_common(ctx, args), "init_image": resized[0], "strength": args["denoise"]})
     spec = await native.build_spec(ctx, req)
-    more = [await ctx.tasks.store_input(await validation.input_image(image, f"initialImages.{i + 1}", ctx.config))
+    more = [await ctx.tasks.store_input(await validation.input_image(image, ["initialImages", i + 1], ctx.config))
             for i, image in enumerate(resized[1:])]
     spec = msgspec.structs.replace(spec, more_init_images=more, num_images=len(resized))
     return await _submit(request, who, spec, args)
