@@ -3,6 +3,7 @@ progress, interrupt, options, listings. Requests map onto the native JobSpec."""
 
 import base64
 import binascii
+import hashlib
 import json
 import time
 import uuid
@@ -41,16 +42,21 @@ class KeyState:
     def __init__(self, js):
         self.js = js
 
+    @staticmethod
+    def key(kind: str, owner: str) -> str:
+        """One KV key per owner id, exactly ("Alice" and "alice" are two owners)."""
+        return f"a1111.{kind}.{hashlib.sha256(owner.encode()).hexdigest()[:32]}"
+
     async def get(self, kind: str, owner: str, default=None):
         kv = await self.js.key_value(subjects.DIALECT_STATE_BUCKET)
         try:
-            return json.loads((await kv.get(f"a1111.{kind}.{subjects.model_token(owner)}")).value)
+            return json.loads((await kv.get(self.key(kind, owner))).value)
         except KeyNotFoundError:
             return default
 
     async def put(self, kind: str, owner: str, value) -> None:
         kv = await self.js.key_value(subjects.DIALECT_STATE_BUCKET)
-        await kv.put(f"a1111.{kind}.{subjects.model_token(owner)}", json.dumps(value).encode())
+        await kv.put(self.key(kind, owner), json.dumps(value).encode())
 
 
 STATE = web.AppKey("a1111_state", KeyState)
@@ -239,7 +245,7 @@ def info(spec, task_id: str, sampler: str) -> dict:
 
 
 @DOCS.route("POST", PREFIX + "txt2img", "txt2img, answered when the images are done", body=A1111Request,
-            response=ImagesReply, errors=(401, 422, 500, 504), examples=seed_examples.A1111_TXT2IMG,
+            response=ImagesReply, errors=(401, 409, 422, 500, 504), examples=seed_examples.A1111_TXT2IMG,
             description="batch_size × n_iter images with consecutive seeds; sampler_name and scheduler in "
                         "A1111's names; task_id (the seed's extension) names the task for /sdapi/v1/progress.")
 async def txt2img(request: web.Request) -> web.Response:
@@ -247,7 +253,7 @@ async def txt2img(request: web.Request) -> web.Response:
 
 
 @DOCS.route("POST", PREFIX + "img2img", "img2img (and inpaint with mask), answered when done", body=A1111Request,
-            response=ImagesReply, errors=(401, 422, 500, 504), examples=seed_examples.A1111_IMG2IMG)
+            response=ImagesReply, errors=(401, 409, 422, 500, 504), examples=seed_examples.A1111_IMG2IMG)
 async def img2img(request: web.Request) -> web.Response:
     return await _generate(request, img2img=True)
 

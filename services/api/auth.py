@@ -12,14 +12,9 @@ class Principal:
     owner: str  # the stable id recorded with tasks (ApiKey.owner), never a display name
     admin: bool = False
     name: str | None = None  # for display only
-    secret: bytes = b""  # a digest of the key: scopes the owner's stored inputs (never recorded)
 
     def may_see(self, owner: str) -> bool:
         return self.admin or hmac.compare_digest(self.owner.encode(), owner.encode())
-
-    def input_token(self, sha256_hex: str) -> str:
-        """Names a stored input image: the same for the same image and owner, unguessable to others."""
-        return hmac.new(self.secret + self.owner.encode(), sha256_hex.encode(), hashlib.sha256).hexdigest()[:40]
 
 
 def _digest(secret: str) -> bytes:
@@ -32,7 +27,7 @@ class Keyring:
             raise ConfigError("no API keys: list them under api.keys in config.yaml "
                               "(`diffbus up` creates one in data/api-key when none is configured)")
         # Looked up by digest, so the comparison does not leak the key through timing.
-        self._by_digest = {_digest(k.key): Principal(k.owner, k.admin, k.name, _digest(k.key)) for k in keys}
+        self._by_digest = {_digest(k.key): Principal(k.owner, k.admin, k.name) for k in keys}
 
     @classmethod
     def from_config(cls, config: Config) -> "Keyring":

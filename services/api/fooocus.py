@@ -338,10 +338,10 @@ def req_params(req: GenerateRequest, spec, file_url: FileUrl) -> dict:
 
 @DOCS.route("POST", "/v1/engine/generate/", "Generate: a task object, a stream or the image", body=GenerateRequest,
             response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
-            errors=(401, 422, 500), examples=seed_examples.FOOOCUS_GENERATE)
+            errors=(401, 422, 500, 504), examples=seed_examples.FOOOCUS_GENERATE)
 @DOCS.route("POST", "/v1/engine/generate", "Generate (as /v1/engine/generate/)", body=GenerateRequest,
             response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
-            errors=(401, 422, 500))
+            errors=(401, 422, 500, 504))
 async def generate(request: web.Request) -> web.StreamResponse:
     """POST /v1/engine/generate/: async_process → the task object now; stream_output → `data:` lines
     until "Finished"; neither → the image itself (image_number forced to 1)."""

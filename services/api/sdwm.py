@@ -6,7 +6,6 @@ The original answers every error with HTTP 200 and a code; diffbus sends the sam
 status (sdwm.error_http_status: false restores the original's 200)."""
 
 import base64
-import hashlib
 import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -49,7 +48,7 @@ def error_shape(status: int, detail) -> dict:
 
 def _words(detail) -> str:
     if isinstance(detail, list):
-        return "; ".join(f"{'.'.join(str(p) for p in d['loc'][1:])}: {d['msg']}" for d in detail)
+        return "; ".join(": ".join(filter(None, (".".join(str(p) for p in d["loc"][1:]), d["msg"]))) for d in detail)
     return str(detail)
 
 
@@ -123,7 +122,7 @@ def principal(request: web.Request) -> Principal:
     given = request.headers.get("X-API-SECRET", "")
     if not config.secret or not hmac.compare_digest(given.encode(), config.secret.encode()):
         raise Reject(AUTHORIZE_FAILED, "Authorize failed", 401)
-    return Principal(owner=request.app[CTX].config.sdwm_owner, secret=hashlib.sha256(config.secret.encode()).digest())
+    return Principal(owner=request.app[CTX].config.sdwm_owner)
 
 
 def handler(fn: Callable[[web.Request, Principal, dict], Awaitable]) -> Callable:
@@ -174,7 +173,7 @@ async def _submit(request: web.Request, who: Principal, spec, args: dict) -> int
 
 
 @DOCS.route("POST", PREFIX + "submitTxt2ImgTask", "Submit a txt2img task", body=body_schema(TXT2IMG),
-            response=Submitted, errors=(400, 401), examples=seed_examples.SDWM_TXT2IMG)
+            response=Submitted, errors=(400, 401, 422), examples=seed_examples.SDWM_TXT2IMG)
 @handler
 async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
     ctx = request.app[CTX]
@@ -185,7 +184,7 @@ async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
 
 
 @DOCS.route("POST", PREFIX + "submitImg2ImgTask", "Submit an img2img task", body=body_schema(IMG2IMG),
-            response=Submitted, errors=(400, 401), examples=seed_examples.SDWM_IMG2IMG)
+            response=Submitted, errors=(400, 401, 422), examples=seed_examples.SDWM_IMG2IMG)
 @handler
 async def submit_img2img(request: web.Request, who: Principal, body) -> int:
     """One image from each initial image, each first resized to width×height by resizeMode
@@ -208,7 +207,7 @@ async def submit_img2img(request: web.Request, who: Principal, body) -> int:
 
 
 @DOCS.route("POST", PREFIX + "submitUpscaleTask", "Submit an upscale task",
-            body=body_schema(UPSCALE, {"comment": STRING}), response=Submitted, errors=(400, 401),
+            body=body_schema(UPSCALE, {"comment": STRING}), response=Submitted, errors=(400, 401, 422),
             examples=seed_examples.SDWM_UPSCALE)
 @handler
 async def submit_upscale(request: web.Request, who: Principal, body) -> int:
@@ -226,7 +225,7 @@ def task_type(record: TaskRecord) -> int:
 
 
 @DOCS.route("POST", PREFIX + "getTaskState", "A task's state and results", body=body_schema({"taskId": NUMBER}, {}),
-            response=StateReply, errors=(400, 401), examples=seed_examples.SDWM_STATE)
+            response=StateReply, errors=(400, 401, 422), examples=seed_examples.SDWM_STATE)
 @handler
 async def get_task_state(request: web.Request, who: Principal, body) -> dict | None:
     ctx = request.app[CTX]
