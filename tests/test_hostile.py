@@ -129,3 +129,14 @@ async def test_files_serves_only_results_and_inputs(client):
     for key in ("stages/x/generate-0.png", "results/../inputs/x.png", "results/" + "a" * 300 + "/0.png"):
         async with client.session.get(f"{client.base_url}/files/{key}") as resp:
             assert resp.status == 404
+
+
+async def test_hostile_websocket_frames_get_an_error_event_and_the_socket_stays(client):
+    async with client.session.ws_connect(f"{client.base_url}/api/v1/ws", headers=client.headers()) as ws:
+        for frame in (DEEP.decode(), '{"subscribe": [{"a": 1}]}', "[1]", '{"subscribe": 5}', "NaN"):
+            await ws.send_str(frame)
+            message = await ws.receive_json(timeout=10)
+            assert message["event"] == "error", (frame[:40], message)
+        await ws.send_json({"subscribe": ["no-such-task"]})
+        message = await ws.receive_json(timeout=10)
+        assert message["event"] == "error" and message["task_id"] == "no-such-task"
