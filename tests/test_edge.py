@@ -58,6 +58,7 @@ def test_owners_are_keys_not_names():
     assert len({upper.owner, lower.owner, zoe.owner}) == 3 and "alice" not in lower.owner.lower()
     assert zoe.may_see(zoe.owner) and not zoe.may_see(upper.owner) and not upper.may_see(lower.owner)
     assert zoe.may_see("zoë") is False  # names identify nobody (and non-ASCII never raises)
+    assert ring.lookup("\udc80not-a-key") is None  # a key from a query string may be any text
 
 
 def test_config_refuses_two_keys_with_one_id_and_sdwm_names_a_key():

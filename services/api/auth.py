@@ -18,7 +18,7 @@ class Principal:
 
 
 def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()  # any header or query text
 
 
 class Keyring:
