@@ -30,6 +30,7 @@ from .config import Config, NatsConfig
 
 log = logging.getLogger("diffbus.bus")
 
+WRONG_LAST_SEQUENCE = 10071  # JetStream error: an expected last (subject) sequence did not match
 STREAM_IN_USE = 10058  # JetStream error: stream name already in use with a different configuration
 PUBLISH_RETRY_S = 20.0  # a publish is retried this long while its stream elects a new leader
 PUBLISH_ACK_S = 2.0  # per try: a publish that reached no stream leader is not stored, so try again soon
@@ -205,16 +206,16 @@ async def fetch(sub, batch: int, timeout: float) -> list:
         return []
 
 
-async def publish_event(js: JetStreamContext, event: TaskEvent, *qualifiers: object):
+async def publish_event(js: JetStreamContext, event: TaskEvent, *qualifiers: object, expect_new: bool = False):
     """Publish a task event on `tasks.<id>.<event>`; terminal events share one message id, so a
-    task's first terminal event is the only one stored. The current trace context goes along."""
+    task's first terminal event is the only one stored. The current trace context goes along.
+    `expect_new`: stored only if its subject holds no message yet (else APIError WRONG_LAST_SEQUENCE)."""
     name = event.name()
-    return await publish(
-        js,
-        subjects.task_event(event.task_id, name),
-        encode(event),
-        headers=telemetry.headers({"Nats-Msg-Id": subjects.event_msg_id(event.task_id, name, *qualifiers)}),
-    )
+    headers = {"Nats-Msg-Id": subjects.event_msg_id(event.task_id, name, *qualifiers)}
+    if expect_new:
+        headers["Nats-Expected-Last-Subject-Sequence"] = "0"
+    return await publish(js, subjects.task_event(event.task_id, name), encode(event),
+                         headers=telemetry.headers(headers))
 
 
 async def last_event_msg(js: JetStreamContext, task_id: str, event: str):

@@ -31,14 +31,17 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 class ApiKey(_Section):
     key: Annotated[str, msgspec.Meta(min_length=8)]
-    name: str | None = None  # owner name recorded with tasks; default derived from the key
+    name: str | None = None  # a display name (any Unicode); it never identifies the owner
+    id: str | None = None  # the owner recorded with tasks; default derived from the key (set it to keep
+    # a key's tasks when the key is replaced, or, upgrading, to the name older versions recorded)
     admin: bool = False  # sees every key's tasks
     webhook_secret: str | None = None  # whsec_…: signs this key's webhooks instead of notifier.secret
 
     @property
     def owner(self) -> str:
-        """The owner recorded with tasks: the configured name, else a digest (never the key)."""
-        return self.name or "key-" + hashlib.sha256(self.key.encode()).hexdigest()[:12]
+        """The owner recorded with tasks: the configured id, else a digest (never the key, nor the name:
+        two keys are two owners whatever they are called)."""
+        return self.id or "key-" + hashlib.sha256(self.key.encode()).hexdigest()[:16]
 
 
 class ApiConfig(_Section):
@@ -62,6 +65,8 @@ class Limits(_Section):
     max_images: Annotated[int, msgspec.Meta(ge=1, le=10)] = 10
     max_prompt_chars: Positive = 10_000
     max_init_image_bytes: Positive = 16 * 1024 * 1024
+    max_input_pixels: Positive = 2048 * 2048  # of an input image, read from its header before decoding
+    max_json_depth: Annotated[int, msgspec.Meta(ge=2, le=200)] = 32  # nesting of a request body
     max_guidance_scale: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     max_upscale_side: Positive = 8192  # longest side of an upscaled image
     max_upscale_scale: Annotated[float, msgspec.Meta(ge=1)] = 8.0
@@ -213,7 +218,7 @@ class SdWorkManagerConfig(_Section):
     """The sd_work_manager dialect (/api/Task/*). Its one shared secret stands for one owner."""
 
     secret: str | None = None  # X-API-SECRET (the original's webApiSecret); None: the dialect refuses all
-    owner: str = "sd-work-manager"  # whose tasks it submits and reads (an API key's name shares them)
+    owner: str = "sd-work-manager"  # whose tasks it submits and reads: an API key's id or name shares them
     error_http_status: bool = True  # 4xx/5xx on errors; False: always 200 with `code`, as the original
 
 
@@ -267,6 +272,9 @@ class Config(_Section):
             raise msgspec.ValidationError("presign_ttl is at most 7 days (604800 s) - at `$.storage`")
         if self.progress.preview_format not in ("webp", "jpeg"):
             raise msgspec.ValidationError("preview_format must be webp or jpeg - at `$.progress`")
+        owners = [k.owner for k in self.api_keys]
+        if len(set(owners)) != len(owners):
+            raise msgspec.ValidationError("two API keys have one id (or one key is listed twice) - at `$.api.keys`")
         if self.default_model is None:
             self.default_model = names[0]
         elif self.default_model not in names:
@@ -298,6 +306,15 @@ class Config(_Section):
     @property
     def api_keys(self) -> list[ApiKey]:
         return [k if isinstance(k, ApiKey) else ApiKey(key=k) for k in self.api.keys]
+
+    @property
+    def sdwm_owner(self) -> str:
+        """The owner of sd_work_manager tasks: the API key whose id, else whose name, is sdwm.owner (the
+        first of that name), else sdwm.owner itself behind a prefix no key id is given by default."""
+        keys = self.api_keys
+        found = next((k for k in keys if k.id == self.sdwm.owner), None) or next(
+            (k for k in keys if k.name == self.sdwm.owner), None)
+        return found.owner if found else f"sdwm:{self.sdwm.owner}"
 
     @property
     def public_base_url(self) -> str:

@@ -3,6 +3,7 @@
 
 import asyncio
 import base64
+import hashlib
 import inspect
 import json
 import os
@@ -236,7 +237,8 @@ async def test_subscribing_md_examples_follow_a_task_and_audit_the_stream(client
     assert "event: completed" in followed and "seed 3" in followed
     audit = await run_script(scripts["audit.py"], stack, tmp_path)
     line = next(line for line in audit.splitlines() if line.startswith(task_id))
-    assert " alice txt2img demo completed by " in line and "events=accepted,started,completed" in line
+    owner = "key-" + hashlib.sha256(ALICE.encode()).hexdigest()[:16]  # the key's id: never its name
+    assert f" {owner} txt2img demo completed by " in line and "events=accepted,started,completed" in line
 
 
 def test_field_comments_become_descriptions():

@@ -3,7 +3,7 @@ progress, interrupt, options, listings. Requests map onto the native JobSpec."""
 
 import base64
 import binascii
-import io
+import hashlib
 import json
 import time
 import uuid
@@ -11,7 +11,6 @@ import uuid
 import msgspec
 from aiohttp import web
 from nats.js.errors import KeyNotFoundError
-from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import subjects
@@ -24,15 +23,16 @@ from .a1111_replies import (A1111Error, ExtrasReply, ImagesReply, Lora, Progress
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError, invalid
+from .inputs import RESIZE_MODES
 
 DIALECT = "a1111"
 PREFIX = "/sdapi/v1/"
 INPAINTING_FILL = {0: "original", 1: "original", 2: "latent_noise", 3: "latent_nothing"}  # 0 "fill": closest
-RESIZE_MODES = {0: "just resize", 1: "crop and resize", 2: "resize and fill", 3: "just resize (latent upscale)"}
 DOCS = apidoc.Docs(DIALECT, "AUTOMATIC1111's web UI API (seed a1111_style.md): synchronous txt2img/img2img and "
                    "its listings. The key in X-API-Key, or HTTP Basic with the key as the password.",
                    security=("ApiKey", "HTTPBasic"), error_model=A1111Error)
 NOTHING = {"type": "null"}
+MAX_OPTIONS_CHARS = 64 * 1024  # a key's stored options (a KV value)
 TASK_PARAM = apidoc.Param("task_id", description="default: the calling key's latest task")
 
 
@@ -42,16 +42,21 @@ class KeyState:
     def __init__(self, js):
         self.js = js
 
+    @staticmethod
+    def key(kind: str, owner: str) -> str:
+        """One KV key per owner id, exactly ("Alice" and "alice" are two owners)."""
+        return f"a1111.{kind}.{hashlib.sha256(owner.encode()).hexdigest()[:32]}"
+
     async def get(self, kind: str, owner: str, default=None):
         kv = await self.js.key_value(subjects.DIALECT_STATE_BUCKET)
         try:
-            return json.loads((await kv.get(f"a1111.{kind}.{subjects.model_token(owner)}")).value)
+            return json.loads((await kv.get(self.key(kind, owner))).value)
         except KeyNotFoundError:
             return default
 
     async def put(self, kind: str, owner: str, value) -> None:
         kv = await self.js.key_value(subjects.DIALECT_STATE_BUCKET)
-        await kv.put(f"a1111.{kind}.{subjects.model_token(owner)}", json.dumps(value).encode())
+        await kv.put(self.key(kind, owner), json.dumps(value).encode())
 
 
 STATE = web.AppKey("a1111_state", KeyState)
@@ -85,8 +90,8 @@ class A1111Request(BaseModel):
     n_iter: int = Field(1, ge=1)
     steps: int = Field(50, ge=1)
     cfg_scale: float = 7.0
-    width: int = 512
-    height: int = 512
+    width: int = Field(512, ge=1)
+    height: int = Field(512, ge=1)
     denoising_strength: float | None = Field(None, ge=0, le=1)
     restore_faces: bool | None = None
     tiling: bool | None = None
@@ -100,8 +105,8 @@ class A1111Request(BaseModel):
     hr_scale: float = 2.0
     hr_upscaler: str | None = None
     hr_second_pass_steps: int = 0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
+    hr_resize_x: int = Field(0, ge=0)
+    hr_resize_y: int = Field(0, ge=0)
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
     hr_sampler_name: str | None = None
@@ -150,18 +155,16 @@ def _unsupported(req: A1111Request) -> None:
         raise invalid(["resize_mode"], f"resize_mode must be one of {sorted(RESIZE_MODES)}")
 
 
-def native_request(req: A1111Request, owner_options: dict, img2img: bool) -> dict:
-    """The same request in the native dialect's terms."""
+def native_request(req: A1111Request, owner_options: dict, init_image: str | None) -> dict:
+    """The same request in the native dialect's terms (img2img: init_image, already resized)."""
     model = req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint")
     body = {
         "prompt": req.prompt or " ", "negative_prompt": req.negative_prompt, "seed": req.seed,
         "num_inference_steps": req.steps, "guidance_scale": req.cfg_scale, "width": req.width,
         "height": req.height, "num_images": req.batch_size * req.n_iter, "model": model,
     }
-    if img2img:
-        if not req.init_images:
-            raise invalid(["init_images"], "img2img needs init_images")
-        body.update(init_image=resized(req.init_images[0], req.width, req.height, req.resize_mode),
+    if init_image is not None:
+        body.update(init_image=init_image,
                     strength=0.75 if req.denoising_strength is None else req.denoising_strength)
         if req.mask:
             body.update(mask_image=req.mask, mask_blur=req.mask_blur,
@@ -178,24 +181,6 @@ def native_request(req: A1111Request, owner_options: dict, img2img: bool) -> dic
     return {k: v for k, v in body.items() if v is not None}
 
 
-def resized(image: str, width: int, height: int, mode: int) -> str:
-    """A1111 resizes the init image to width×height: stretch (0, 3), crop (1) or fit and fill (2)."""
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(image.split(",", 1)[-1]))) as img:
-            img = img.convert("RGB")
-            if mode == 1:
-                img = ImageOps.fit(img, (width, height), Image.LANCZOS)
-            elif mode == 2:
-                img = ImageOps.pad(img, (width, height), Image.LANCZOS, centering=(0.5, 0.5))
-            else:
-                img = img.resize((width, height), Image.LANCZOS)
-    except (OSError, ValueError, binascii.Error):
-        return image  # not an image: the native validation says so
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 async def _generate(request: web.Request, img2img: bool) -> web.Response:
     ctx = request.app[CTX]
     who = principal(request)
@@ -204,19 +189,30 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
         req = A1111Request.model_validate(raw)
         _unsupported(req)
         cls, options = samplers.resolve(req.sampler_name or req.sampler_index, req.scheduler)
+    except ValidationError as e:
+        raise ApiError(422, validation.detail(e)) from None
+    task_id = req.force_task_id or req.task_id or uuid.uuid4().hex
+    if not subjects.is_valid_task_id(task_id):
+        raise invalid(["force_task_id" if req.force_task_id else "task_id"],
+                      "letters, digits, - and _ only, at most 64")
+    init_image = None
+    if img2img:
+        if not req.init_images:
+            raise invalid(["init_images"], "img2img needs init_images")
+        init_image = await validation.resized_image(req.init_images[0], ["init_images", 0], req.width, req.height,
+                                                    req.resize_mode, ctx.config)
+    try:
         native_req = native.GenerateRequest.model_validate(
-            native_request(req, await request.app[STATE].get("options", who.owner, {}), img2img),
+            native_request(req, await request.app[STATE].get("options", who.owner, {}), init_image),
             context=ctx.config)
     except ValidationError as e:
         raise ApiError(422, validation.detail(e)) from None
     spec = await native.build_spec(ctx, native_req)
     if cls is not None:
         spec = msgspec.structs.replace(spec, scheduler=cls, scheduler_options=options)
-    task_id = req.force_task_id or req.task_id or uuid.uuid4().hex
-    if not subjects.is_valid_task_id(task_id):
-        raise invalid(["task_id"], "letters, digits, - and _ only, at most 64")
+    await ctx.tasks.submit(spec, who, dialect=DIALECT, task_id=task_id)  # 409 when the id is taken
     await request.app[STATE].put("latest", who.owner, task_id)
-    record = await run_to_end(ctx, who, spec, task_id)
+    record = await ctx.tasks.wait(task_id, who)
     if record.status is TaskStatus.FAILED:
         raise ApiError(500, record.error_message)
     images = []
@@ -249,7 +245,7 @@ def info(spec, task_id: str, sampler: str) -> dict:
 
 
 @DOCS.route("POST", PREFIX + "txt2img", "txt2img, answered when the images are done", body=A1111Request,
-            response=ImagesReply, errors=(401, 422, 500, 504), examples=seed_examples.A1111_TXT2IMG,
+            response=ImagesReply, errors=(401, 409, 422, 500, 504), examples=seed_examples.A1111_TXT2IMG,
             description="batch_size × n_iter images with consecutive seeds; sampler_name and scheduler in "
                         "A1111's names; task_id (the seed's extension) names the task for /sdapi/v1/progress.")
 async def txt2img(request: web.Request) -> web.Response:
@@ -257,7 +253,7 @@ async def txt2img(request: web.Request) -> web.Response:
 
 
 @DOCS.route("POST", PREFIX + "img2img", "img2img (and inpaint with mask), answered when done", body=A1111Request,
-            response=ImagesReply, errors=(401, 422, 500, 504), examples=seed_examples.A1111_IMG2IMG)
+            response=ImagesReply, errors=(401, 409, 422, 500, 504), examples=seed_examples.A1111_IMG2IMG)
 async def img2img(request: web.Request) -> web.Response:
     return await _generate(request, img2img=True)
 
@@ -323,6 +319,8 @@ async def options(request: web.Request) -> web.Response:
         if model is not None and ctx.config.model(model) is None:
             raise invalid(["sd_model_checkpoint"], f"unknown model {model!r}")
         stored.update(body)
+        if len(json.dumps(stored)) > MAX_OPTIONS_CHARS:
+            raise invalid([], f"options are limited to {MAX_OPTIONS_CHARS} characters of JSON")
         await request.app[STATE].put("options", who.owner, stored)
         return web.json_response(None)
     return web.json_response(stored)

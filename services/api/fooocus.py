@@ -7,7 +7,6 @@ Such a field at its Fooocus default changes nothing and is accepted, so clients 
 parameter set work; any other value is a 422 naming it, never silently dropped."""
 
 import base64
-import io
 import json
 import re
 from functools import cache
@@ -16,7 +15,6 @@ from typing import Literal
 
 import msgspec
 from aiohttp import web
-from PIL import Image, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.events import TaskStatus
@@ -219,22 +217,6 @@ def _model_name(name: str | None, config) -> str | None:
     return name  # unknown: the native validation names the choices
 
 
-def _mask(data_uri: str, erode_or_dilate: int, field: str) -> str:
-    """Grow (positive) or shrink (negative) the white of a mask by that many pixels."""
-    if not erode_or_dilate:
-        return data_uri
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[-1]))) as img:
-            mask = img.convert("L")
-    except (OSError, ValueError):
-        raise invalid([field], "not a readable image") from None
-    size = 2 * abs(erode_or_dilate) + 1
-    mask = mask.filter(ImageFilter.MaxFilter(size) if erode_or_dilate > 0 else ImageFilter.MinFilter(size))
-    buf = io.BytesIO()
-    mask.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def native_body(req: GenerateRequest, config) -> dict:
     """The request in the native dialect's terms (images still as sent)."""
     prompt, negative = styled(req.prompt, req.negative_prompt,
@@ -270,8 +252,7 @@ def native_body(req: GenerateRequest, config) -> dict:
         body.update(init_image=req.inpaint_input_image, strength=req.inpaint_strength, width=None, height=None,
                     invert_mask=req.invert_mask_checkbox)
         if req.inpaint_mask_image_upload is not None:
-            body["mask_image"] = _mask(req.inpaint_mask_image_upload, req.inpaint_erode_or_dilate,
-                                       "inpaint_mask_image_upload")
+            body["mask_image"] = req.inpaint_mask_image_upload  # grown or shrunk by build()
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -302,6 +283,9 @@ async def build(ctx, req: GenerateRequest, file_url: FileUrl):
     _unsupported(req)
     body = native_body(req, config)
     await _outpaint(ctx, req, body)
+    if "mask_image" in body:
+        body["mask_image"] = await validation.grown_mask(body["mask_image"], "inpaint_mask_image_upload",
+                                                         req.inpaint_erode_or_dilate, config)
     try:
         cls, options = samplers.resolve(SAMPLERS.get(req.sampler_name, req.sampler_name),
                                         SCHEDULES.get(req.scheduler_name, req.scheduler_name))
@@ -354,10 +338,10 @@ def req_params(req: GenerateRequest, spec, file_url: FileUrl) -> dict:
 
 @DOCS.route("POST", "/v1/engine/generate/", "Generate: a task object, a stream or the image", body=GenerateRequest,
             response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
-            errors=(401, 422, 500), examples=seed_examples.FOOOCUS_GENERATE)
+            errors=(401, 422, 500, 504), examples=seed_examples.FOOOCUS_GENERATE)
 @DOCS.route("POST", "/v1/engine/generate", "Generate (as /v1/engine/generate/)", body=GenerateRequest,
             response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
-            errors=(401, 422, 500))
+            errors=(401, 422, 500, 504))
 async def generate(request: web.Request) -> web.StreamResponse:
     """POST /v1/engine/generate/: async_process → the task object now; stream_output → `data:` lines
     until "Finished"; neither → the image itself (image_number forced to 1)."""

@@ -238,7 +238,10 @@ async def websocket(request: web.Request, principal, view: Callable[[TaskRecord]
             try:
                 command = json.loads(frame.data)
                 wanted = command["subscribe"]
-            except (ValueError, KeyError, TypeError):
+                if not (wanted == "all" or isinstance(wanted, str) or isinstance(wanted, list)
+                        and all(isinstance(task_id, str) for task_id in wanted)):
+                    raise TypeError("task ids are strings")
+            except (ValueError, KeyError, TypeError, RecursionError):
                 await ws.send_json({"event": "error", "data": {"detail": 'expected {"subscribe": [...]}'}})
                 continue
             previews = bool(command.get("previews", previews))

@@ -403,8 +403,9 @@ async def task_events(request: web.Request) -> web.StreamResponse:
     return await live.sse(request, _principal(request), lambda record: task_view(record, file_url))
 
 
-@DOCS.route("GET", "/api/v1/ws", "Follow tasks live (WebSocket)", security=("ApiKey", "ApiKeyQuery"), errors=(401,),
-            status=101, description=(
+@DOCS.route("GET", "/api/v1/ws", "Follow tasks live (WebSocket)", security=("ApiKey", "ApiKeyQuery"),
+            errors=(400, 401), status=101, description=(
+                "400 when the request is no WebSocket upgrade. "
                 "Upgrade to a WebSocket; send {\"subscribe\": [\"<task_id>\", ...]} or {\"subscribe\": \"all\"} "
                 "(this key's new tasks), optionally \"previews\": false and \"images\": true (a completed event "
                 "then carries its images too, base64, in the order of its URLs: no download needed); receive "

@@ -30,7 +30,9 @@ SCHEDULE_TYPES: dict[str, dict] = {
 
 
 def resolve(sampler: str | None, schedule: str | None, field: str = "sampler_name") -> tuple[str | None, dict]:
-    """(diffusers class, options) for an A1111 sampler (old names such as "DPM++ 2M Karras" too)."""
+    """(diffusers class, options) for an A1111 sampler (old names such as "DPM++ 2M Karras" too). An
+    unknown schedule type is refused with or without a sampler."""
+    schedule = schedule_type(schedule)
     if not sampler:
         return None, {}
     for suffix in ("Karras", "Exponential", "SGM Uniform"):
@@ -41,11 +43,20 @@ def resolve(sampler: str | None, schedule: str | None, field: str = "sampler_nam
         reason = "is not supported by diffusers" if sampler in UNSUPPORTED else "is unknown"
         raise ApiError(422, [{"loc": ["body", field], "msg": f"sampler {sampler!r} {reason}",
                               "type": "value_error"}])
-    if schedule and schedule not in SCHEDULE_TYPES:
-        raise ApiError(422, [{"loc": ["body", "scheduler"], "msg": f"unknown schedule type {schedule!r}",
-                              "type": "value_error"}])
     cls, options, _ = SAMPLERS[name]
     return cls, {**options, **SCHEDULE_TYPES.get(schedule or "Automatic", {})}
+
+
+def schedule_type(schedule: str | None) -> str | None:
+    """A schedule type by label ("SGM Uniform") or name ("sgm_uniform"); 422 when unknown."""
+    if not schedule:
+        return None
+    wanted = schedule.strip().lower().replace(" ", "_")
+    found = next((label for label in SCHEDULE_TYPES if label.lower().replace(" ", "_") == wanted), None)
+    if found is None:
+        raise ApiError(422, [{"loc": ["body", "scheduler"], "msg": f"unknown schedule type {schedule!r}",
+                              "type": "value_error"}])
+    return found
 
 
 def listing() -> list[dict]:

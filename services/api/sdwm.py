@@ -18,7 +18,7 @@ from schemas.events import TaskStatus
 from schemas.jobs import Img2Img, Inpaint, Upscale
 from schemas.queries import TaskRecord
 
-from . import a1111, apidoc, native, seed_examples, validation
+from . import apidoc, native, seed_examples, validation
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError
@@ -48,7 +48,7 @@ def error_shape(status: int, detail) -> dict:
 
 def _words(detail) -> str:
     if isinstance(detail, list):
-        return "; ".join(f"{'.'.join(str(p) for p in d['loc'][1:])}: {d['msg']}" for d in detail)
+        return "; ".join(": ".join(filter(None, (".".join(str(p) for p in d["loc"][1:]), d["msg"]))) for d in detail)
     return str(detail)
 
 
@@ -122,7 +122,7 @@ def principal(request: web.Request) -> Principal:
     given = request.headers.get("X-API-SECRET", "")
     if not config.secret or not hmac.compare_digest(given.encode(), config.secret.encode()):
         raise Reject(AUTHORIZE_FAILED, "Authorize failed", 401)
-    return Principal(owner=config.owner)
+    return Principal(owner=request.app[CTX].config.sdwm_owner)
 
 
 def handler(fn: Callable[[web.Request, Principal, dict], Awaitable]) -> Callable:
@@ -173,7 +173,7 @@ async def _submit(request: web.Request, who: Principal, spec, args: dict) -> int
 
 
 @DOCS.route("POST", PREFIX + "submitTxt2ImgTask", "Submit a txt2img task", body=body_schema(TXT2IMG),
-            response=Submitted, errors=(400, 401), examples=seed_examples.SDWM_TXT2IMG)
+            response=Submitted, errors=(400, 401, 422), examples=seed_examples.SDWM_TXT2IMG)
 @handler
 async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
     ctx = request.app[CTX]
@@ -184,7 +184,7 @@ async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
 
 
 @DOCS.route("POST", PREFIX + "submitImg2ImgTask", "Submit an img2img task", body=body_schema(IMG2IMG),
-            response=Submitted, errors=(400, 401), examples=seed_examples.SDWM_IMG2IMG)
+            response=Submitted, errors=(400, 401, 422), examples=seed_examples.SDWM_IMG2IMG)
 @handler
 async def submit_img2img(request: web.Request, who: Principal, body) -> int:
     """One image from each initial image, each first resized to width×height by resizeMode
@@ -196,24 +196,18 @@ async def submit_img2img(request: web.Request, who: Principal, body) -> int:
         raise Reject(BAD_ARGUMENT, "initialImages must be a non-empty list of base64 images")
     if len(images) > ctx.config.limits.max_images:
         raise Reject(BAD_ARGUMENT, f"at most {ctx.config.limits.max_images} initialImages")
-    if mode not in a1111.RESIZE_MODES:
-        raise Reject(BAD_ARGUMENT, f"resizeMode must be one of {sorted(a1111.RESIZE_MODES)}")
-    for axis, value in (("width", width), ("height", height)):
-        try:
-            validation.check_multiple_of_8(value, ctx.config, axis)
-        except ValueError as e:
-            raise Reject(BAD_ARGUMENT, str(e)) from None
-    resized = [a1111.resized(image, width, height, mode) for image in images]
+    resized = [await validation.resized_image(image, ["initialImages", i], width, height, mode, ctx.config)
+               for i, image in enumerate(images)]
     req = _native(ctx, {**_common(ctx, args), "init_image": resized[0], "strength": args["denoise"]})
     spec = await native.build_spec(ctx, req)
-    more = [await ctx.tasks.store_input(await validation.input_image(image, f"initialImages.{i + 1}", ctx.config))
+    more = [await ctx.tasks.store_input(await validation.input_image(image, ["initialImages", i + 1], ctx.config))
             for i, image in enumerate(resized[1:])]
     spec = msgspec.structs.replace(spec, more_init_images=more, num_images=len(resized))
     return await _submit(request, who, spec, args)
 
 
 @DOCS.route("POST", PREFIX + "submitUpscaleTask", "Submit an upscale task",
-            body=body_schema(UPSCALE, {"comment": STRING}), response=Submitted, errors=(400, 401),
+            body=body_schema(UPSCALE, {"comment": STRING}), response=Submitted, errors=(400, 401, 422),
             examples=seed_examples.SDWM_UPSCALE)
 @handler
 async def submit_upscale(request: web.Request, who: Principal, body) -> int:
@@ -231,7 +225,7 @@ def task_type(record: TaskRecord) -> int:
 
 
 @DOCS.route("POST", PREFIX + "getTaskState", "A task's state and results", body=body_schema({"taskId": NUMBER}, {}),
-            response=StateReply, errors=(400, 401), examples=seed_examples.SDWM_STATE)
+            response=StateReply, errors=(400, 401, 422), examples=seed_examples.SDWM_STATE)
 @handler
 async def get_task_state(request: web.Request, who: Principal, body) -> dict | None:
     ctx = request.app[CTX]

@@ -31,8 +31,8 @@ async def run(config: Config) -> None:
     workers = WorkerDirectory(js, stale_after_s=3 * config.worker.announce_every_s)
     await workers.start()
     nc.after_reconnect("workers watch", workers.restart)
-    app = create_app(ApiContext(config=config, keyring=keyring, tasks=Tasks(config, nc, store), workers=workers,
-                                loras=LoraCatalog(workers)))
+    tasks = Tasks(config, nc, store, input_secret=keyring.secret)
+    app = create_app(ApiContext(config=config, keyring=keyring, tasks=tasks, workers=workers, loras=LoraCatalog(workers)))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:

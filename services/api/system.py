@@ -1,5 +1,6 @@
 """Routes outside any dialect: health, metrics and stored files."""
 
+import re
 from typing import Literal
 
 import msgspec
@@ -14,6 +15,7 @@ from .health import Health
 
 HEALTH = web.AppKey("health", Health)
 
+FILE_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}/[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,16})?\.[a-z]{3,4}")
 CACHE_FOREVER = "public, max-age=31536000, immutable"  # keys never change content
 DOCS = apidoc.Docs("system", "Health, metrics and stored files: no key needed.", security=(),
                    error_model=FastApiError)
@@ -50,6 +52,8 @@ async def prometheus(request: web.Request) -> web.Response:
             errors=(404,), description="Result URLs point here when images live in the JetStream object store.")
 async def file(request: web.Request) -> web.Response:
     key = request.match_info["key"]
+    if not FILE_KEY.fullmatch(key) or not key.startswith(storage.SERVED_PREFIXES):
+        raise ApiError(404, "File not found")
     data = await request.app[CTX].tasks.storage.get(key)
     if data is None:
         raise ApiError(404, "File not found")

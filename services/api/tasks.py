@@ -1,5 +1,8 @@
 """The API's side of the bus, shared by every dialect: store inputs, submit jobs, read tasks."""
 
+import contextvars
+import hashlib
+import hmac
 import logging
 import time
 import uuid
@@ -7,7 +10,7 @@ from collections import OrderedDict
 
 import nats.errors
 from nats.js.api import DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from schemas import subjects
 from schemas.codec import decode, decode_event, encode
@@ -37,36 +40,63 @@ log = logging.getLogger("diffbus.api")
 IDEMPOTENCY_NS = uuid.UUID("6f1c3a52-3d0e-4d8e-9a34-5b0c8e2f7a10")
 STORED_INPUTS = 4096  # input keys known to be stored, remembered for STORED_INPUT_S
 STORED_INPUT_S = 600.0
+MAX_IDEMPOTENCY_KEY = 255
+MAX_TASK_NUMBER = 2**63 - 1  # task numbers are stream sequences (SQLite integers)
+# Input images of the request being handled, stored once it is accepted (a rejected one stores nothing).
+_STAGED: contextvars.ContextVar[dict[str, bytes] | None] = contextvars.ContextVar("staged_inputs", default=None)
+
+
+class TaskIdTaken(ApiError):
+    def __init__(self, task_id: str):
+        super().__init__(409, f"task id {task_id!r} is already taken; choose another")
 
 
 class Tasks:
-    def __init__(self, config: Config, nc, store: storage.Storage | None = None):
+    def __init__(self, config: Config, nc, store: storage.Storage | None = None, input_secret: bytes = b""):
         self.config = config
         self.nc = nc
         self.js = nc.jetstream()
         self.storage = store or storage.ObjectStoreStorage(self.js)
+        self.input_secret = input_secret  # names stored inputs (Keyring.secret): unguessable keys
         self.stored_inputs: OrderedDict[str, float] = OrderedDict()  # key -> when it was known stored
 
     async def store_input(self, image: InputImage) -> str:
-        """Store an input image under its sha256; jobs carry the key, never the bytes. A stored key
-        already holds these bytes: rewriting it would purge the chunks a worker may be reading. Keys
-        stored lately are remembered (inputs are never deleted by diffbus; the time limit covers an
-        operator emptying the bucket)."""
-        key = storage.input_key(image.sha256, image.extension)
-        now = time.monotonic()
-        if now - self.stored_inputs.get(key, -STORED_INPUT_S) < STORED_INPUT_S:
-            return key
-        if not await self.storage.exists(key):
-            await self.storage.put(key, image.data)
-        self.stored_inputs[key] = now
-        self.stored_inputs.move_to_end(key)
-        if len(self.stored_inputs) > STORED_INPUTS:
-            self.stored_inputs.popitem(last=False)
+        """The key an input image will be stored under; jobs carry the key, never the bytes. The key is
+        an HMAC of the content (the same image is one object; nobody without its URL can name it). The
+        image is staged, and stored only once its task is accepted (submit): a request rejected after
+        this stores nothing."""
+        token = hmac.new(self.input_secret, image.sha256.encode(), hashlib.sha256).hexdigest()[:40]
+        key = storage.input_key(token, image.extension)
+        staged = _STAGED.get()
+        if staged is None:
+            _STAGED.set(staged := {})
+        staged[key] = image.data
         return key
+
+    async def _store_staged(self) -> None:
+        """Store the staged inputs. A stored key already holds these bytes: rewriting it would purge the
+        chunks a worker may be reading. Keys stored lately are remembered (inputs are never deleted by
+        diffbus; the time limit covers an operator emptying the bucket)."""
+        staged, now = _STAGED.get() or {}, time.monotonic()
+        _STAGED.set(None)
+        for key, data in staged.items():
+            if now - self.stored_inputs.get(key, -STORED_INPUT_S) < STORED_INPUT_S:
+                continue
+            if not await self.storage.exists(key):
+                await self.storage.put(key, data)
+            self.stored_inputs[key] = now
+            self.stored_inputs.move_to_end(key)
+            if len(self.stored_inputs) > STORED_INPUTS:
+                self.stored_inputs.popitem(last=False)
 
     @staticmethod
     def task_id_for(principal: Principal, idempotency_key: str | None) -> str:
+        """A new task's id: random, or for an Idempotency-Key the same for the same owner and key (the
+        owner is a stable id, so two owners' keys never meet)."""
         if idempotency_key:
+            if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+                raise ApiError(422, [{"loc": ["header", "Idempotency-Key"], "type": "string_too_long",
+                                      "msg": f"at most {MAX_IDEMPOTENCY_KEY} characters"}])
             return str(uuid.uuid5(IDEMPOTENCY_NS, f"{principal.owner}\n{idempotency_key}"))
         return str(uuid.uuid4())
 
@@ -74,33 +104,63 @@ class Tasks:
                      callback_url: str | None = None, webhook_events: list[WebhookEvent] | None = None,
                      priority: Priority = Priority.NORMAL, request: dict | None = None,
                      task_id: str | None = None, idempotency_key: str | None = None) -> TaskRecord:
-        """Publish `accepted` (the audit record, with the whole spec) and then the job; the new task."""
-        task_id = task_id or self.task_id_for(principal, idempotency_key)
-        if idempotency_key and (existing := await self._from_stream(task_id)) is not None:
+        """Publish `accepted` (the audit record, with the whole spec), store the staged inputs, then
+        queue the job; the new task. A `task_id` chosen by the client must be new: 409 when any task,
+        of any owner, ever had it (while the TASKS stream holds it)."""
+        if task_id is None and (existing := await self._existing(principal, idempotency_key)) is not None:
             # A retried submit: the task exists. Its job may not have been queued if the first try
             # was cut off (a NATS node lost) between the two publishes: queue it while the task has
             # neither started nor ended (the job's message id makes a second copy a no-op).
             if existing.status is TaskStatus.PENDING:
-                await self._queue(Job(task_id=task_id, spec=existing.spec, priority=existing.priority))
+                await self._queue(Job(task_id=existing.task_id, spec=existing.spec, priority=existing.priority))
             return existing
+        chosen = task_id is not None
+        task_id = task_id or self.task_id_for(principal, idempotency_key)
         accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
                             priority=priority, dialect=dialect, callback_url=callback_url, request=request,
                             webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
         job = Job(task_id=task_id, spec=spec, priority=priority)
         with telemetry.span("publish", task_id=task_id, subject=job_subject(job)):
             try:
-                ack = await bus.publish_event(self.js, accepted)
-            except (nats.errors.Error, TimeoutError) as e:
-                raise ApiError(503, f"job queue unavailable: {e}") from e
+                ack = await self._claim(accepted, exclusive=chosen or bool(idempotency_key))
+            except TaskIdTaken:
+                if chosen or (existing := await self._from_stream(task_id)) is None:
+                    raise
+                return existing  # the same Idempotency-Key, sent twice at once
             try:
+                await self._store_staged()
                 await self._queue(job)
-            except (nats.errors.Error, TimeoutError) as e:
+            except Exception as e:  # noqa: BLE001 - storage or queue failed: the task must not stay pending
                 log.error("task %s accepted but not queued: %s", task_id, e)
                 await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
                                                         error="the job could not be queued"))
                 raise ApiError(503, f"job queue unavailable: {e}") from e
         metrics.TASKS_ACCEPTED.labels(metrics.kind(spec)).inc()
         return taskstate.apply(None, accepted, ack.seq)
+
+    async def _existing(self, principal: Principal, idempotency_key: str | None) -> TaskRecord | None:
+        """The task an Idempotency-Key already made (a retried submit), if any."""
+        if not idempotency_key:
+            return None
+        return await self._from_stream(self.task_id_for(principal, idempotency_key))
+
+    async def _claim(self, accepted: Accepted, exclusive: bool):
+        """Publish `accepted`; `exclusive`: only as the first event ever stored on its subject, so a
+        task id is never reused (409 when it is taken, by anyone)."""
+        try:
+            ack = await bus.publish_event(self.js, accepted, expect_new=exclusive)
+        except APIError as e:
+            if e.err_code == bus.WRONG_LAST_SEQUENCE:
+                raise TaskIdTaken(accepted.task_id) from None
+            raise ApiError(503, f"job queue unavailable: {e}") from e
+        except (nats.errors.Error, TimeoutError) as e:
+            raise ApiError(503, f"job queue unavailable: {e}") from e
+        if ack.duplicate:  # the same message id within the dedupe window: ours (a retried publish)?
+            stored = await bus.last_event(self.js, accepted.task_id, Accepted.name())
+            mine = stored is not None and decode_event(stored) == accepted
+            if not mine:
+                raise TaskIdTaken(accepted.task_id)
+        return ack
 
     async def _queue(self, job: Job) -> None:
         """Publish a task's first job; its message id makes a second copy a no-op."""
@@ -116,6 +176,8 @@ class Tasks:
 
     async def get_number(self, number: int, principal: Principal) -> TaskRecord:
         """The task by numeric id (the stream sequence of its `accepted` event)."""
+        if not 0 < number <= MAX_TASK_NUMBER:
+            raise ApiError(404, "Task not found")
         record = await self._query(TaskGet(number=number))
         if record is None:  # not projected yet: the number names its `accepted` message
             try:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import mimetypes
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Protocol
@@ -88,8 +89,17 @@ def input_key(sha256_hex: str, extension: str) -> str:
     return f"inputs/{sha256_hex}.{extension}"
 
 
-def result_key(task_id: str, index: int, extension: str) -> str:
-    return f"results/{task_id}/{index}.{extension}"
+def result_key(token: str, index: int, extension: str) -> str:
+    """A result image's key: under a random `new_token()` per attempt, never under a name a client
+    chose (a task id), so its URL is an unguessable capability and no result is written twice."""
+    return f"results/{token}/{index}.{extension}"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(18)
+
+
+SERVED_PREFIXES = ("results/", "inputs/")  # what /files serves: not stages/ (named by task ids)
 
 
 def stage_key(task_id: str, stage: str, index: int) -> str:

@@ -442,9 +442,9 @@ class JobWorker:
 
     async def store_results(self, job: Job, encoded: list[bytes], seeds: list[int], size: tuple[int, int],
                             fmt) -> list[ImageResult]:
-        results = []
+        results, token = [], storage.new_token()
         for i, (data, seed) in enumerate(zip(encoded, seeds)):
-            key = storage.result_key(job.task_id, i, fmt.extension)
+            key = storage.result_key(token, i, fmt.extension)
             await self.storage.put(key, data)
             results.append(ImageResult(key=key, content_type=fmt.content_type, width=size[0], height=size[1],
                                        seed=seed))
