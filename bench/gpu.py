@@ -154,8 +154,9 @@ class FamilyRun:
     def setting(self, settings: dict, deadline: float) -> dict:
         t = time.perf_counter()
         pipe = self.pipeline(**settings)
+        batch = 2 if self.args.tiny else 4
         result = {"load_s": time.perf_counter() - t,
-                  **plain_loop(pipe, self.family, self.size, self.steps, 4, deadline, self.args.images)}
+                  **plain_loop(pipe, self.family, self.size, self.steps, batch, deadline, self.args.images)}
         release(pipe)
         defaults = self.out["settings"].get("defaults") or {}
         if "images_per_s" in defaults:
@@ -305,7 +306,7 @@ def main() -> None:
     ap.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     ap.add_argument("--budget-s", type=float, help="seconds for all families together (360; --tiny: 1800, a cap)")
     ap.add_argument("--images", type=int, default=32, help="at most this many images a measurement")
-    ap.add_argument("--tiny", action="store_true", help="tiny models, 64×64, 4 steps (a CPU rehearsal)")
+    ap.add_argument("--tiny", action="store_true", help="tiny models, 64×64, 4 steps, 2 images (a CPU rehearsal)")
     ap.add_argument("--name", help="results file name (default gpu-<gpu>, gpu-tiny-<gpu> with --tiny)")
     ap.add_argument("--stack-logs", help="append every stack's log to this file")
     ap.add_argument("--one", choices=list(FAMILIES), help=argparse.SUPPRESS)  # a family's own process
@@ -315,7 +316,7 @@ def main() -> None:
     if args.budget_s is None:
         args.budget_s = 1800 if args.tiny else 360
     if args.tiny:
-        args.images = min(args.images, 4)
+        args.images = min(args.images, 2)
     if args.one:
         stop_on_sigterm()
         quiet_progress_bars()

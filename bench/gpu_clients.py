@@ -36,7 +36,7 @@ async def worker_gaps(nats_url: str, task_ids: list[str]) -> list[float]:
 
 async def clients(base: str, nats_url: str, count: int, images: int, body: dict) -> dict:
     """`count` clients, each submitting one job, awaiting its image and going on, until `images` are
-    done (after one warm-up job each)."""
+    done (after a warm-up of `count` jobs at once, or `images` when fewer)."""
     ids, left = [], images
 
     async def client(session, n: int) -> None:
@@ -47,7 +47,7 @@ async def clients(base: str, nats_url: str, count: int, images: int, body: dict)
             ids.append(task["task_id"])
 
     async with aiohttp.ClientSession() as session:
-        await asyncio.gather(*(run_task(session, base, "/api/v1/generate", body) for _ in range(count)))
+        await asyncio.gather(*(run_task(session, base, "/api/v1/generate", body) for _ in range(min(count, images))))
         with Utilization() as util:
             t = time.perf_counter()
             await asyncio.gather(*(client(session, n) for n in range(count)))

@@ -112,13 +112,13 @@ def generate(pipe, family, size: int, steps: int, n: int, seed: int = 0):
 
 def plain_loop(pipe, family, size: int, steps: int, batch: int, deadline: float, max_images: int) -> dict:
     """images/s of calls of `batch` images, after one warm-up call, as many as fit before `deadline`
-    (at least two calls, at most `max_images` images)."""
+    (at most `max_images` images; at least two calls when that many fit in `max_images`)."""
     t = time.perf_counter()
     generate(pipe, family, size, steps, batch)
     sync()
     warmup = time.perf_counter() - t
     done, calls, t = 0, 0, time.perf_counter()
-    while done + batch <= max(max_images, 2 * batch):
+    while done + batch <= max(max_images, batch):
         generate(pipe, family, size, steps, batch, seed=done)
         done, calls = done + batch, calls + 1
         per_call = (time.perf_counter() - t) / calls

@@ -66,7 +66,7 @@ def test_gpu_benchmark_runs_tiny_on_any_machine(bench_env):
     sd15 = r["families"]["sd15"]
     for name in ("unbatched", "batched_4", "batched_8"):
         assert sd15["diffbus"][name]["images_per_s"] > 0 and sd15["diffbus"][name]["time_to_first_image_s"] > 0
-    assert sd15["diffbus"]["unbatched"]["images"] >= 4
+    assert sd15["diffbus"]["unbatched"]["images"] >= 2
     assert "diffbus" not in r["families"]["flux"]  # the worker does not serve Flux yet
 
 
@@ -87,7 +87,7 @@ def test_device_script_rehearses_the_gpu_run_from_the_wheels_alone(tmp_path, dem
     r = json.loads((tmp_path / "gpu-tiny-cpu.json").read_text())
     sd15 = r["families"]["sd15"]
     assert "process" not in sd15 and sd15["plain"]["images_per_s"] > 0
-    assert sd15["diffbus"]["batched_8"]["images"] >= 4
+    assert sd15["diffbus"]["batched_8"]["images"] >= 2
     assert sd15["settings"]["fuse_qkv"]["images_per_s"] > 0
     assert "==== sd15, batching on" in (tmp_path / "stacks-cpu.log").read_text()
     assert "wrote " in (tmp_path / "device-cpu.log").read_text()
