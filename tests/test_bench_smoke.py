@@ -3,6 +3,7 @@ only that it works, reports what it should, and lost no task."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -80,10 +81,16 @@ def test_device_script_rehearses_the_gpu_run_from_the_wheels_alone(tmp_path, dem
     """bench/device.sh --tiny: the GPU host's packages and .whl/, nothing else; SD 1.5 through diffbus
     (every family: by hand, minutes); the stacks' logs beside the results."""
     env = {**os.environ, "OUT": str(tmp_path), "BENCH_DEMO_MODEL": str(demo_model), "FAMILIES": "sd15"}
-    proc = subprocess.run(["bash", str(BENCH / "device.sh"), "--tiny"], capture_output=True, text=True,
-                          timeout=1100, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "diffusers 0." in proc.stdout and "torch 2." in proc.stdout
+    proc = subprocess.Popen(["bash", str(BENCH / "device.sh"), "--tiny"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=1100)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)  # the benchmark's processes too (each stops its stack)
+        proc.communicate(timeout=60)
+        raise
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert "diffusers 0." in out and "torch 2." in out
     r = json.loads((tmp_path / "gpu-tiny-cpu.json").read_text())
     sd15 = r["families"]["sd15"]
     assert "process" not in sd15 and sd15["plain"]["images_per_s"] > 0
