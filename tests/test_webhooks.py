@@ -16,8 +16,9 @@ from schemas.codec import encode
 from schemas.events import Accepted
 from schemas.jobs import Img2Img, Job, Txt2Img
 from services.cli.embedded import free_port
+from services.config import ApiKey
 
-from .stack import WEBHOOK_SECRET, Stack
+from .stack import ALICE, WEBHOOK_SECRET, Stack
 
 FAST = {"num_inference_steps": 2}
 
@@ -130,7 +131,7 @@ async def publish_task(stack: Stack, task_id: str, spec, callback_url: str, dial
     try:
         js = nc.jetstream()
         await js.publish(subjects.task_event(task_id, "accepted"), encode(Accepted(
-            task_id=task_id, at=time.time(), owner="alice", spec=spec, dialect=dialect, callback_url=callback_url)))
+            task_id=task_id, at=time.time(), owner=ApiKey(key=ALICE).owner, spec=spec, dialect=dialect, callback_url=callback_url)))
         await js.publish(subjects.generate_job(subjects.Priority.NORMAL, "demo"),
                          encode(Job(task_id=task_id, spec=spec)))
     finally:
