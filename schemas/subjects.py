@@ -107,11 +107,12 @@ class StreamSpec(msgspec.Struct, frozen=True):
     duplicate_window_s: float = 120.0
 
 
-def streams(tasks_max_age_days: float) -> tuple[StreamSpec, ...]:
+def streams(retention_days: float) -> tuple[StreamSpec, ...]:
+    """Every stream; TASKS keeps events `retention_days` (0: forever), as long as the tasks they make."""
     return (
         StreamSpec(JOBS, ("jobs.>",), retention="workqueue", storage="file"),
         StreamSpec(TASKS, (ALL_TASK_EVENTS,), retention="limits", storage="file",
-                   max_age_s=tasks_max_age_days * 86400),
+                   max_age_s=retention_days * 86400 or None),
         StreamSpec(PROGRESS, ("progress.>",), retention="limits", storage="memory",
                    max_age_s=3600, max_msgs_per_subject=1),
     )

@@ -35,6 +35,10 @@ QUEUE_IN_PROGRESS = Gauge("diffbus_queue_in_progress", "Jobs delivered and not y
                           ["subject"], registry=REGISTRY)
 QUEUE_OLDEST_AGE = Gauge("diffbus_queue_oldest_waiting_seconds", "Age of the oldest waiting job per job subject",
                          ["subject"], registry=REGISTRY)
+KEY_QUEUED = Gauge("diffbus_key_tasks_queued", "Tasks waiting per API key (owner)", ["owner"], registry=REGISTRY)
+KEY_RUNNING = Gauge("diffbus_key_tasks_running", "Tasks running per API key (owner)", ["owner"], registry=REGISTRY)
+KEY_REFUSED = Counter("diffbus_key_tasks_refused", "Submits refused by a quota, per API key (owner) and limit",
+                      ["owner", "limit"], registry=REGISTRY)
 WORKERS_ANNOUNCED = Gauge("diffbus_workers_announced", "Live workers announced in the workers bucket", ["kind"],
                           registry=REGISTRY)
 DENOISE_SECONDS = Histogram("diffbus_denoise_seconds", "Time in the diffusion pipeline per job (or batch)",

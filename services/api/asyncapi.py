@@ -200,7 +200,7 @@ def constants() -> dict[str, str]:
 
 
 def document(config: Config) -> dict:
-    streams = subjects.streams(config.tasks_max_age_days)
+    streams = subjects.streams(config.retention.days)
     types = list(dict.fromkeys(t for ch in CHANNELS for t in (*ch.messages, *filter(None, [ch.reply]))))
     found, components = msgspec.json.schema_components(types, ref_template=REF)
     describe(components, types)

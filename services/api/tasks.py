@@ -34,6 +34,7 @@ from services.config import Config
 from .auth import Principal
 from .errors import ApiError
 from .inputs import InputImage
+from .quotas import Quotas
 
 log = logging.getLogger("diffbus.api")
 
@@ -59,6 +60,7 @@ class Tasks:
         self.storage = store or storage.ObjectStoreStorage(self.js)
         self.input_secret = input_secret  # names stored inputs (Keyring.secret): unguessable keys
         self.stored_inputs: OrderedDict[str, float] = OrderedDict()  # key -> when it was known stored
+        self.quotas = Quotas(config, self.count)
 
     async def store_input(self, image: InputImage) -> str:
         """The key an input image will be stored under; jobs carry the key, never the bytes. The key is
@@ -120,7 +122,8 @@ class Tasks:
                             priority=priority, dialect=dialect, callback_url=callback_url, request=request,
                             webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
         job = Job(task_id=task_id, spec=spec, priority=priority)
-        with telemetry.span("publish", task_id=task_id, subject=job_subject(job)):
+        await self.quotas.check(principal)  # 429 over a quota: nothing is published
+        with telemetry.span("publish", task_id=task_id, subject=job_subject(job)), self.quotas.submitting(principal):
             try:
                 ack = await self._claim(accepted, exclusive=chosen or bool(idempotency_key))
             except TaskIdTaken:
@@ -210,6 +213,10 @@ class Tasks:
         except (nats.errors.NoRespondersError, TimeoutError) as e:
             raise ApiError(503, "task history unavailable: the projector did not answer") from e
         return decode(reply.data, TaskPage)
+
+    async def count(self, owner: str, status: TaskStatus) -> int:
+        """How many of `owner`'s tasks have `status` (503 ApiError when the projector does not answer)."""
+        return (await self.page(TaskList(owner=owner, statuses=[status], limit=0))).total
 
     async def delete(self, task_id: str, principal: Principal) -> TaskRecord:
         """Forget a finished task: `deleted` on the TASKS stream, then its result images (inputs are

@@ -65,6 +65,9 @@ class TaskDB:
             self.db.table("deleted").create({"task_id": str, "last_seq": int}, pk="task_id")
             self.db.execute("CREATE TABLE applied (seq INTEGER NOT NULL)")
             self.db.execute("INSERT INTO applied VALUES (0)")
+        # Per-key quotas count an owner's waiting and running tasks at every submit (made here, not only
+        # with the table, so a database of this version from before has it too).
+        self.db.execute("CREATE INDEX IF NOT EXISTS tasks_owner_status ON tasks (owner, status)")
         self.deleted = self.db.table("deleted")
 
     @property
