@@ -97,3 +97,13 @@ def test_projector_restart_reports_both_starts_and_does_not_rebuild(bench_env):
     r = run(bench_env, "projector_restart.py", "--tasks", "300")
     assert r["events"] == 900 and r["restart_rebuilt"] is False
     assert {"fill_s", "first_start_s", "restart_s", "machine"} <= r.keys()
+
+
+def test_history_benchmark_rebuilds_catches_up_and_pages(bench_env):
+    r = run(bench_env, "history.py", "--tiny")
+    assert r["tasks"] == 2000 and r["events"] == 6000  # accepted, started, and an end for each task
+    assert r["rebuild"]["events_per_s"] > 0 and r["catch_up"]["events"] == 900
+    for owner in ("busy", "key-1"):
+        assert set(r["pages"][owner]) == {"native", "native_filtered", "fooocus", "fooocus_filtered", "one_task"}
+        assert all(q["n"] == 10 and q["p99_ms"] >= q["p50_ms"] > 0 for q in r["pages"][owner].values())
+    assert r["sizes"]["db_bytes_per_task"] > 0 and r["sizes"]["stream_bytes_per_task"] > 0
