@@ -24,7 +24,7 @@ from .retention import Retention
 
 log = logging.getLogger("diffbus.projector")
 
-BATCH = 256
+BATCH = 1024  # events applied in one transaction at most (a rebuild commits this many at a time)
 APPLY_AFTER_S = 0.05  # events wait at most this long to be applied with others (queries do not wait)
 CATCH_UP_S = 3.0  # a query waits at most this long for the events stored before it (less than the API's query timeout)
 MAX_POSITIONS = 1000  # queue positions are published for the first this many pending tasks
