@@ -2,6 +2,7 @@
 nothing queued; limits per key and the defaults for the others; admin keys exempt; /metrics counts.
 No worker runs, so submitted tasks stay waiting."""
 
+import asyncio
 import time
 
 import aiohttp
@@ -10,6 +11,7 @@ import pytest
 
 from schemas.events import Started
 from services import bus
+from services.api import quotas
 
 from .conftest import Client, health
 from .stack import ADMIN, ALICE, BOB, SDWM_SECRET, Stack, wait_until
@@ -100,6 +102,7 @@ async def test_max_running_refuses_while_that_many_run(qclient, quota_stack):
         await bus.publish_event(nc.jetstream(), Started(task_id=body["task_id"], at=time.time(), worker="w", attempt=1))
     finally:
         await nc.close()
+    await asyncio.sleep(quotas.COUNT_TTL_S)  # the API reads a key's counts at most this often
     status, body, headers = await native(qclient, CAROL)
     assert status == 429 and "1 of this key's tasks are running" in body["detail"] and headers["Retry-After"] == "7"
     assert await total(qclient, CAROL, "pending,processing") == 2

@@ -4,7 +4,10 @@ A submit over a limit is refused with 429 and Retry-After (in the dialect's own 
 error middleware) before anything is published. Waiting and running tasks are counted by the projector
 (`query.tasks.list`, answered after it has applied every event the stream held), so every API replica
 sees the same counts; submits in flight in this replica are added until their `accepted` is stored.
-Submits a minute are counted by each replica. Admin keys have no quota."""
+A count read from the projector serves the key's submits for COUNT_TTL_S, plus what this replica
+accepted since (so a burst costs one query, not one per submit); other replicas' submits in that
+second can overshoot a limit by as many. Submits a minute are counted by each replica. Admin keys
+have no quota."""
 
 import asyncio
 import contextlib
@@ -24,6 +27,7 @@ from .errors import ApiError
 log = logging.getLogger("diffbus.api.quotas")
 
 RATE_WINDOW_S = 60.0
+COUNT_TTL_S = 1.0  # a key's waiting and running counts from the projector serve this long
 
 # owner, status -> how many of the owner's tasks have that status (raises ApiError when unknown)
 Counter = Callable[[str, TaskStatus], Awaitable[int]]
@@ -42,6 +46,7 @@ class Quotas:
         self.clock = clock
         self.recent: dict[str, deque[float]] = defaultdict(deque)  # owner -> times of accepted submits
         self.in_flight: dict[str, int] = defaultdict(int)  # owner -> submits between check and publish
+        self.counts: dict[tuple[str, TaskStatus], tuple[float, asyncio.Future]] = {}  # -> (asked at, count)
 
     def of(self, principal: Principal) -> Quota | None:
         if principal.admin:
@@ -63,15 +68,30 @@ class Quotas:
         try:
             yield
             self.recent[owner].append(self.clock())
+            self._forget_before(owner, self.clock() - RATE_WINDOW_S)
         finally:
             self.in_flight[owner] -= 1
+
+    def _forget_before(self, owner: str, since: float) -> None:
+        recent = self.recent[owner]
+        while recent and recent[0] <= since:
+            recent.popleft()
+
+    async def _cached_count(self, owner: str, status: TaskStatus) -> int:
+        """The projector's count, at most COUNT_TTL_S old, plus (waiting) what was accepted here since."""
+        now = self.clock()
+        at, count = self.counts.get((owner, status), (-math.inf, None))
+        if count is None or now - at > COUNT_TTL_S or (count.done() and count.exception()):
+            at, count = now, asyncio.ensure_future(self.count(owner, status))  # shared by concurrent submits
+            self.counts[(owner, status)] = (at, count)
+        seen = await asyncio.shield(count)
+        return seen + sum(t >= at for t in self.recent[owner]) if status is TaskStatus.PENDING else seen
 
     def _check_rate(self, owner: str, quota: Quota) -> None:
         if quota.per_minute is None:
             return
         recent, now = self.recent[owner], self.clock()
-        while recent and recent[0] <= now - RATE_WINDOW_S:
-            recent.popleft()
+        self._forget_before(owner, now - RATE_WINDOW_S)
         if len(recent) >= quota.per_minute:
             wait = recent[0] + RATE_WINDOW_S - now if recent else RATE_WINDOW_S
             self._refuse(owner, "per_minute", f"at most {quota.per_minute} submits a minute", wait)
@@ -83,7 +103,7 @@ class Quotas:
         if not limits:
             return
         try:
-            counts = await asyncio.gather(*(self.count(owner, status) for _, status, _ in limits))
+            counts = await asyncio.gather(*(self._cached_count(owner, status) for _, status, _ in limits))
         except ApiError as e:  # the projector is down: the service goes on, unmetered
             log.warning("quota of %s not checked: %s", owner, e.detail)
             return
