@@ -38,6 +38,7 @@ class Quota(_Section):
     max_queued: Limit = 1000  # its tasks waiting (pending)
     max_running: Limit = None  # its tasks running at once: a submit while this many run is refused
     per_minute: Limit = None  # submits accepted in any 60 seconds (counted by each API replica)
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # its share of the workers under fair sharing
 
 
 class KeyQuota(_Section):
@@ -46,6 +47,7 @@ class KeyQuota(_Section):
     max_queued: Limit | msgspec.UnsetType = msgspec.UNSET
     max_running: Limit | msgspec.UnsetType = msgspec.UNSET
     per_minute: Limit | msgspec.UnsetType = msgspec.UNSET
+    weight: Annotated[float, msgspec.Meta(gt=0)] | msgspec.UnsetType = msgspec.UNSET
 
     def over(self, defaults: Quota) -> Quota:
         return msgspec.structs.replace(defaults, **{f: v for f in self.__struct_fields__
@@ -56,6 +58,9 @@ class QuotasConfig(Quota):
     """The quota of every key that names none of its own. Admin keys have none."""
 
     retry_after_s: Positive = 10  # Retry-After of a refusal for max_queued or max_running
+    # Within a priority, workers serve the keys waiting for a model in turn, weighted by `weight`,
+    # instead of first come first served. Set it alike for the API and the gpu workers.
+    fair_sharing: bool = True
 
 
 class RetentionConfig(_Section):

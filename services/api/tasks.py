@@ -114,14 +114,14 @@ class Tasks:
             # was cut off (a NATS node lost) between the two publishes: queue it while the task has
             # neither started nor ended (the job's message id makes a second copy a no-op).
             if existing.status is TaskStatus.PENDING:
-                await self._queue(Job(task_id=existing.task_id, spec=existing.spec, priority=existing.priority))
+                await self._queue(self._job(existing.task_id, existing.spec, existing.priority, existing.owner))
             return existing
         chosen = task_id is not None
         task_id = task_id or self.task_id_for(principal, idempotency_key)
         accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
                             priority=priority, dialect=dialect, callback_url=callback_url, request=request,
                             webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
-        job = Job(task_id=task_id, spec=spec, priority=priority)
+        job = self._job(task_id, spec, priority, principal.owner)
         await self.quotas.check(principal)  # 429 over a quota: nothing is published
         with telemetry.span("publish", task_id=task_id, subject=job_subject(job)), self.quotas.submitting(principal):
             try:
@@ -164,6 +164,10 @@ class Tasks:
             if not mine:
                 raise TaskIdTaken(accepted.task_id)
         return ack
+
+    def _job(self, task_id: str, spec: JobSpec, priority: Priority, owner: str) -> Job:
+        key = subjects.key_token(owner) if self.config.quotas.fair_sharing else None
+        return Job(task_id=task_id, spec=spec, priority=priority, key=key)
 
     async def _queue(self, job: Job) -> None:
         """Publish a task's first job; its message id makes a second copy a no-op."""
