@@ -14,8 +14,8 @@ For each worker count W:
   job published -> started, p50/p99;
 - saturated: a backlog of W x `--rounds` normal tasks, then W high ones: completed/s against the ideal
   W / job_s, each worker's busy fraction (time inside jobs over the run), the gap between a worker's
-  jobs p50/p99, and how many normal tasks started between the high ones' publishing and the last high
-  one's start (high before normal: at most about W, those already being picked up).
+  jobs p50/p99, and how many normal tasks started after a high one was published and before it started
+  (high before normal: at most about W, those already being picked up).
 Then, with the largest W, key A queues `--flood` tasks and key B one, fair sharing on and off: B's
 wait (published -> started).
 """
@@ -180,13 +180,11 @@ async def saturated(fleet: Fleet, rounds: int) -> dict:
     w, job_s = fleet.workers, fleet.job_s
     normal = list(await asyncio.gather(*(fleet.submit() for _ in range(w * rounds))))
     await asyncio.sleep(min(job_s, 0.5))
-    high_at = time.time()
     high = list(await asyncio.gather(*(fleet.submit(priority=Priority.HIGH) for _ in range(w))))
     everything = normal + high
     await fleet.until_done(everything, (rounds + 1) * job_s * 3 + 120)
     first = min(fleet.started[t][0] for t in everything)
     last = max(fleet.completed[t] for t in everything)
-    last_high = max(fleet.started[t][0] for t in high)
     busy: dict[str, float] = {}
     spans: dict[str, list[tuple[float, float]]] = {}
     for t in everything:
@@ -202,7 +200,8 @@ async def saturated(fleet: Fleet, rounds: int) -> dict:
         "workers_used": len(busy), "busy_fraction": {"min": round(fractions[0], 3),
                                                      "median": round(fractions[len(fractions) // 2], 3)},
         "gap_between_jobs": {"p50_ms": round(percentile(gaps, 50), 1), "p99_ms": round(percentile(gaps, 99), 1)},
-        "normal_started_while_high_waited": sum(high_at < fleet.started[t][0] < last_high for t in normal),
+        "normal_started_while_high_waited": sum(any(fleet.published[h] < fleet.started[t][0] < fleet.started[h][0]
+                                                    for h in high) for t in normal),
         "high_wait": fleet.latency_ms(high),
     }
 

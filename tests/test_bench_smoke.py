@@ -105,7 +105,8 @@ def test_history_benchmark_rebuilds_catches_up_and_pages(bench_env):
     assert r["rebuild"]["events_per_s"] > 0 and r["catch_up"]["events"] == 900
     for owner in ("busy", "key-1"):
         assert set(r["pages"][owner]) == {"native", "native_filtered", "fooocus", "fooocus_filtered", "one_task"}
-        assert all(q["n"] == 10 and q["p99_ms"] >= q["p50_ms"] > 0 for q in r["pages"][owner].values())
+        assert all(q["n"] == 10 and q["failed"] == 0 and q["p99_ms"] >= q["p50_ms"] > 0
+                   for q in r["pages"][owner].values())
     assert r["sizes"]["db_bytes_per_task"] > 0 and r["sizes"]["stream_bytes_per_task"] > 0
 
 

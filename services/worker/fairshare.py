@@ -103,14 +103,23 @@ class FairQueue:
         if not self.holds_more:  # redelivered jobs ring no bell: look at the stream
             await self.refresh()
         for key in self.turns():
-            msgs = await bus.fetch(await self._pull(key), batch, timeout)
-            if not msgs:
-                self.waiting[key] = 0
+            sub = await self._pull(key)
+            msgs = await bus.fetch(sub, batch, timeout)
+            if not msgs:  # taken by another worker, or the pull failed (a new consumer electing its leader)
+                self.waiting[key] = await self._pending(sub)
                 continue
             self.waiting[key] = msgs[-1].metadata.num_pending
             self.served(key, len(msgs))
             return msgs
         return []
+
+    @staticmethod
+    async def _pending(sub) -> int:
+        """Jobs waiting on a key's consumer (0 when it cannot be asked)."""
+        try:
+            return (await sub.consumer_info()).num_pending or 0
+        except (nats.errors.Error, TimeoutError):
+            return 0
 
     async def _pull(self, key: str):
         if key not in self.subs:

@@ -275,7 +275,8 @@ class JobWorker:
         index = min(self.ready)
         fetched = await bus.fetch(self.queues[index], 1, FETCH_S)
         if not fetched:
-            self.ready.discard(index)
+            if not getattr(self.queues[index], "holds_more", False):  # a fair-shared queue knows better
+                self.ready.discard(index)
             return None
         [msg] = fetched
         if msg.metadata.num_pending == 0 and not getattr(self.queues[index], "holds_more", False):
