@@ -53,8 +53,8 @@ async def test_a_key_flooding_the_queue_does_not_hold_back_another(client, js):
 
 
 def test_keys_take_turns_by_weight_and_a_returning_key_gets_no_credit():
-    config = load(None, environ={}, api={"keys": [{"key": "heavy-key-0123", "name": "heavy", "quota": {"weight": 2}},
-                                                  {"key": "light-key-0123", "name": "light"}]})
+    config = load(None, environ={}, api={"keys": [{"key": "heavy-key-0123", "id": "heavy", "quota": {"weight": 2}},
+                                                  {"key": "light-key-0123", "id": "light"}]})
     queue = FairQueue(None, None, "jobs", "gpu", ConsumerConfig(), config, ring=lambda: None, on_max_deliveries=None)
     queue.waiting = {"heavy": 100, "light": 100}
     served = []
