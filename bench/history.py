@@ -95,7 +95,7 @@ async def fill(js, nc, tasks: int, start: float, end: float, first: int, who: li
 def config_file(root: Path, nats_url: str, who: list[str]) -> tuple[Path, int]:
     port = free_port()
     config = {"data_dir": str(root / "data"), "nats": {"url": nats_url},
-              "api": {"port": port, "keys": [{"key": key_of(o), "name": o} for o in who]},
+              "api": {"port": port, "keys": [{"key": key_of(o), "id": o} for o in who]},
               "retention": {"days": DAYS + 1}}
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
