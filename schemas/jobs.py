@@ -184,6 +184,7 @@ class Job(msgspec.Struct, kw_only=True):
     priority: Priority = Priority.NORMAL
     stage: int = 0  # index into stages(spec)
     inputs: list[str] = []  # storage keys of the images the stage starts from (later stages)
+    key: str | None = None  # fair sharing: the owner's subject token (subjects.key_token); None: off
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -196,10 +197,12 @@ class Job(msgspec.Struct, kw_only=True):
 
 
 def job_subject(job: Job) -> str:
-    """Where a job is queued: its stage's worker kind, its priority, and for generation its model."""
+    """Where a job is queued: its stage's worker kind, its priority, and for generation its model (and,
+    with fair sharing, its key)."""
     if stages(job.spec)[job.stage].name == "upscale":
         return subjects.upscale_job(job.priority)
-    return subjects.generate_job(job.priority, job.spec.model)
+    subject = subjects.generate_job(job.priority, job.spec.model)
+    return subject if job.key is None else subjects.keyed(subject, job.key)
 
 
 def batch_key(job: Job) -> tuple | None:

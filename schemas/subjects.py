@@ -1,6 +1,7 @@
 """Every subject, stream, durable consumer and bucket name, and the stream configs: the one place
 they are spelled. Services build nats-py configs from the specs here (services/bus.py)."""
 
+import hashlib
 import re
 from enum import StrEnum
 
@@ -28,6 +29,7 @@ TASK_LIST = "query.tasks.list"
 PROJECTOR_QUEUE = "projector"
 
 _TOKEN_RE = re.compile(r"[^a-z0-9_-]")
+_KEY_TOKEN_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 TASK_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -66,6 +68,21 @@ def upscale_job(priority: Priority) -> str:
 
 def gpu_durable(model: str, priority: Priority) -> str:
     return f"gpu-{model_token(model)}-{priority}"
+
+
+def key_token(owner: str) -> str:
+    """An API key's owner (any Unicode) as a subject token: the name itself when it is one, else a digest."""
+    return owner if _KEY_TOKEN_RE.match(owner) else "k" + hashlib.sha256(owner.encode()).hexdigest()[:16]
+
+
+def keyed(subject: str, key: str = "*") -> str:
+    """Fair sharing: one key's jobs of a job subject (`*`: every key's)."""
+    return f"{subject}.{key}"
+
+
+def key_durable(durable: str, key: str) -> str:
+    """Fair sharing: the consumer of one key's jobs of a queue."""
+    return f"{durable}-{key}"
 
 
 def task_event(task_id: str, event: str) -> str:
@@ -107,11 +124,12 @@ class StreamSpec(msgspec.Struct, frozen=True):
     duplicate_window_s: float = 120.0
 
 
-def streams(tasks_max_age_days: float) -> tuple[StreamSpec, ...]:
+def streams(retention_days: float) -> tuple[StreamSpec, ...]:
+    """Every stream; TASKS keeps events `retention_days` (0: forever), as long as the tasks they make."""
     return (
         StreamSpec(JOBS, ("jobs.>",), retention="workqueue", storage="file"),
         StreamSpec(TASKS, (ALL_TASK_EVENTS,), retention="limits", storage="file",
-                   max_age_s=tasks_max_age_days * 86400),
+                   max_age_s=retention_days * 86400 or None),
         StreamSpec(PROGRESS, ("progress.>",), retention="limits", storage="memory",
                    max_age_s=3600, max_msgs_per_subject=1),
     )

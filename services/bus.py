@@ -155,7 +155,7 @@ async def retry(operation, what: str, within: float = ENSURE_TIMEOUT_S):
 
 async def _ensure(js: JetStreamContext, config: Config) -> None:
     replicas = config.nats.replicas
-    for spec in subjects.streams(config.tasks_max_age_days):
+    for spec in subjects.streams(config.retention.days):
         cfg = stream_config(spec, replicas)
         try:
             await js.add_stream(cfg)

@@ -29,13 +29,53 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+Limit = Annotated[int, msgspec.Meta(ge=0)] | None  # None: no limit
+
+
+class Quota(_Section):
+    """What one API key may ask of the service; beyond a limit a submit answers 429 with Retry-After."""
+
+    max_queued: Limit = 1000  # its tasks waiting (pending)
+    max_running: Limit = None  # its tasks running at once: a submit while this many run is refused
+    per_minute: Limit = None  # submits accepted in any 60 seconds (counted by each API replica)
+    weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # its share of the workers under fair sharing
+
+
+class KeyQuota(_Section):
+    """A key's own quota: the fields it names replace the defaults (`quotas`), null meaning no limit."""
+
+    max_queued: Limit | msgspec.UnsetType = msgspec.UNSET
+    max_running: Limit | msgspec.UnsetType = msgspec.UNSET
+    per_minute: Limit | msgspec.UnsetType = msgspec.UNSET
+    weight: Annotated[float, msgspec.Meta(gt=0)] | msgspec.UnsetType = msgspec.UNSET
+
+    def over(self, defaults: Quota) -> Quota:
+        return msgspec.structs.replace(defaults, **{f: v for f in self.__struct_fields__
+                                                    if (v := getattr(self, f)) is not msgspec.UNSET})
+
+
+class QuotasConfig(Quota):
+    """The quota of every key that names none of its own. Admin keys have none."""
+
+    retry_after_s: Positive = 10  # Retry-After of a refusal for max_queued or max_running
+    # Within a priority, workers serve the keys waiting for a model in turn, weighted by `weight`,
+    # instead of first come first served. Set it alike for the API and the gpu workers.
+    fair_sharing: bool = True
+
+
+class RetentionConfig(_Section):
+    days: Annotated[float, msgspec.Meta(ge=0)] = 30.0  # a task, its events and images go this long after it was made; 0: kept forever
+    sweep_every_s: Seconds = 600.0  # how often the projector looks for expired tasks
+
+
 class ApiKey(_Section):
     key: Annotated[str, msgspec.Meta(min_length=8)]
     name: str | None = None  # a display name (any Unicode); it never identifies the owner
     id: str | None = None  # the owner recorded with tasks; default derived from the key (set it to keep
     # a key's tasks when the key is replaced, or, upgrading, to the name older versions recorded)
-    admin: bool = False  # sees every key's tasks
+    admin: bool = False  # sees every key's tasks; no quota
     webhook_secret: str | None = None  # whsec_…: signs this key's webhooks instead of notifier.secret
+    quota: KeyQuota = msgspec.field(default_factory=KeyQuota)
 
     @property
     def owner(self) -> str:
@@ -241,7 +281,8 @@ class Config(_Section):
     client: ClientConfig = msgspec.field(default_factory=ClientConfig)
     fooocus: FooocusConfig = msgspec.field(default_factory=FooocusConfig)
     sdwm: SdWorkManagerConfig = msgspec.field(default_factory=SdWorkManagerConfig)
-    tasks_max_age_days: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
+    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
     source: str | None = None  # the file this config came from (set by load)
 
     def __post_init__(self) -> None:
@@ -383,6 +424,8 @@ def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | Non
             raise ConfigError(f"cannot read config {path}: {e}") from e
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the top level must be a mapping")
+    if "tasks_max_age_days" in raw:  # its name before retention.days
+        _set_path(raw, ["retention", "days"], raw.pop("tasks_max_age_days"))
     raw = _merge(_seed_keys(raw), env_overrides(os.environ if environ is None else environ))
     raw = _merge(raw, overrides)
     if path is not None:

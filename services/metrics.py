@@ -35,6 +35,10 @@ QUEUE_IN_PROGRESS = Gauge("diffbus_queue_in_progress", "Jobs delivered and not y
                           ["subject"], registry=REGISTRY)
 QUEUE_OLDEST_AGE = Gauge("diffbus_queue_oldest_waiting_seconds", "Age of the oldest waiting job per job subject",
                          ["subject"], registry=REGISTRY)
+KEY_QUEUED = Gauge("diffbus_key_tasks_queued", "Tasks waiting per API key (owner)", ["owner"], registry=REGISTRY)
+KEY_RUNNING = Gauge("diffbus_key_tasks_running", "Tasks running per API key (owner)", ["owner"], registry=REGISTRY)
+KEY_REFUSED = Counter("diffbus_key_tasks_refused", "Submits refused by a quota, per API key (owner) and limit",
+                      ["owner", "limit"], registry=REGISTRY)
 WORKERS_ANNOUNCED = Gauge("diffbus_workers_announced", "Live workers announced in the workers bucket", ["kind"],
                           registry=REGISTRY)
 DENOISE_SECONDS = Histogram("diffbus_denoise_seconds", "Time in the diffusion pipeline per job (or batch)",
@@ -92,8 +96,11 @@ def _age(stored: datetime | None, now: float) -> float:
 
 async def refresh_queues(js, config: Config) -> None:
     """Queue gauges from consumer info: waiting, in progress, and the age of the oldest waiting job.
-    A queue whose consumer does not exist yet (no worker ever started) counts the stream's messages."""
+    A queue whose consumer does not exist yet (no worker ever started) counts the stream's messages.
+    With fair sharing a generation queue also counts every key's own subject and consumer."""
     now = time.time()
+    keyed = await _keyed_consumers(js) if config.quotas.fair_sharing else {}
+    generate = {subjects.generate_job(p, m.name) for p in PRIORITY_ORDER for m in config.models}
     for subject, durable in job_queues(config):
         try:
             info = await js.consumer_info(subjects.JOBS, durable)
@@ -101,8 +108,6 @@ async def refresh_queues(js, config: Config) -> None:
         except NotFoundError:
             state = await js.stream_info(subjects.JOBS, subjects_filter=subject)
             waiting, running, after = (state.state.subjects or {}).get(subject, 0), 0, 0
-        QUEUE_DEPTH.labels(subject).set(waiting)
-        QUEUE_IN_PROGRESS.labels(subject).set(running)
         age = 0.0
         if waiting:
             try:
@@ -110,4 +115,34 @@ async def refresh_queues(js, config: Config) -> None:
                 age = _age(oldest.time, now)
             except NotFoundError:
                 pass
+        if keyed and subject in generate:
+            key_waiting, key_running, key_age = await _keyed_queue(js, subject, durable, keyed, now)
+            waiting, running, age = waiting + key_waiting, running + key_running, max(age, key_age)
+        QUEUE_DEPTH.labels(subject).set(waiting)
+        QUEUE_IN_PROGRESS.labels(subject).set(running)
         QUEUE_OLDEST_AGE.labels(subject).set(age)
+
+
+async def _keyed_consumers(js) -> dict[str, object]:
+    """Every consumer of the JOBS stream by name (one request)."""
+    try:
+        return {info.name: info for info in await js.consumers_info(subjects.JOBS)}
+    except NotFoundError:
+        return {}
+
+
+async def _keyed_queue(js, subject: str, durable: str, consumers: dict, now: float) -> tuple[int, int, float]:
+    """Fair sharing: (waiting, in progress, oldest age) over every key's subject of a queue. The age is
+    that of the oldest job not yet finished (a running one included)."""
+    state = await js.stream_info(subjects.JOBS, subjects_filter=subjects.keyed(subject))
+    stored = sum((state.state.subjects or {}).values())
+    if not stored:
+        return 0, 0, 0.0
+    prefix = subjects.key_durable(durable, "")
+    running = sum(info.num_ack_pending or 0 for name, info in consumers.items() if name.startswith(prefix))
+    try:
+        oldest = await js.get_msg(subjects.JOBS, seq=1, subject=subjects.keyed(subject), next=True)
+        age = _age(oldest.time, now)
+    except NotFoundError:
+        age = 0.0
+    return max(0, stored - running), running, age

@@ -104,3 +104,27 @@ def test_projector_restart_reports_both_starts_and_does_not_rebuild(bench_env):
     r = run(bench_env, "projector_restart.py", "--tasks", "300")
     assert r["events"] == 900 and r["restart_rebuilt"] is False
     assert {"fill_s", "first_start_s", "restart_s", "machine"} <= r.keys()
+
+
+def test_history_benchmark_rebuilds_catches_up_and_pages(bench_env):
+    r = run(bench_env, "history.py", "--tiny")
+    assert r["tasks"] == 2000 and r["events"] == 6000  # accepted, started, and an end for each task
+    assert r["rebuild"]["events_per_s"] > 0 and r["catch_up"]["events"] == 900
+    for owner in ("busy", "key-1"):
+        assert set(r["pages"][owner]) == {"native", "native_filtered", "fooocus", "fooocus_filtered", "one_task"}
+        assert all(q["n"] == 10 and q["failed"] == 0 and q["p99_ms"] >= q["p50_ms"] > 0
+                   for q in r["pages"][owner].values())
+    assert r["sizes"]["db_bytes_per_task"] > 0 and r["sizes"]["stream_bytes_per_task"] > 0
+
+
+def test_fleet_benchmark_dispatches_in_order_and_shares_fairly(bench_env):
+    r = run(bench_env, "fleet.py", "--tiny")
+    assert [level["workers"] for level in r["levels"]] == [1, 3]
+    for level in r["levels"]:
+        s = level["saturated"]
+        assert s["tasks"] == level["workers"] * 3 and s["completed_per_s"] > 0 and s["workers_used"] == level["workers"]
+        assert {"p50_ms", "p99_ms"} == level["paced"]["dispatch"].keys()
+    on, off = r["fairness"]["runs"]
+    assert on["fair_sharing"] and not off["fair_sharing"]
+    assert off["a_tasks_started_before_b"] == 12  # first come, first served: B waits for all of A's
+    assert on["a_tasks_started_before_b"] <= 3  # served in turn: at most one of A's per worker first

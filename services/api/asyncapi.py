@@ -110,6 +110,9 @@ NOT_CHANNELS = {
     "is_valid_task_id": "what a {task_id} may hold",
     "generate_jobs_any_priority": "a filter over generateJobs",
     "gpu_durable": "consumer names, in generateJobs",
+    "key_token": "how an owner becomes the {key} token of fair sharing, in generateJobs",
+    "keyed": "fair sharing: a key's own job subject, in generateJobs",
+    "key_durable": "fair sharing: a key's own consumer name, in generateJobs",
     "upscale_durable": "consumer names, in upscaleJobs",
     "job_msg_id": "Nats-Msg-Id header, in the job channels",
     "event_msg_id": "Nats-Msg-Id header, in taskEvents",
@@ -200,7 +203,7 @@ def constants() -> dict[str, str]:
 
 
 def document(config: Config) -> dict:
-    streams = subjects.streams(config.tasks_max_age_days)
+    streams = subjects.streams(config.retention.days)
     types = list(dict.fromkeys(t for ch in CHANNELS for t in (*ch.messages, *filter(None, [ch.reply]))))
     found, components = msgspec.json.schema_components(types, ref_template=REF)
     describe(components, types)

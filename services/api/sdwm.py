@@ -133,12 +133,14 @@ def handler(fn: Callable[[web.Request, Principal, dict], Awaitable]) -> Callable
             who = principal(request)
             data = await fn(request, who, await validation.read_json(request))
         except Reject as e:
-            code, msg, status = e.code, e.msg, e.status
+            code, msg, status, headers = e.code, e.msg, e.status, None
         except ApiError as e:
             code, msg, status = CODE_FOR_STATUS.get(e.status, INTERNAL_ERROR), _words(e.detail), e.status
+            headers = e.headers  # Retry-After of a 429
         else:
             return web.json_response(envelope(OK, "ok", data))
-        return web.json_response(envelope(code, msg), status=status if config.error_http_status else 200)
+        return web.json_response(envelope(code, msg), status=status if config.error_http_status else 200,
+                                 headers=headers)
     return wrapped
 
 

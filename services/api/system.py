@@ -43,6 +43,7 @@ async def prometheus(request: web.Request) -> web.Response:
     """GET /metrics: Prometheus text; queue gauges are read from JetStream now."""
     ctx = request.app[CTX]
     await metrics.refresh_queues(ctx.tasks.js, ctx.config)
+    await ctx.tasks.quotas.refresh_metrics([ctx.config.sdwm_owner] if ctx.config.sdwm.secret else [])
     for kind in ("gpu", "upscale"):
         metrics.WORKERS_ANNOUNCED.labels(kind).set(sum(w.kind == kind for w in ctx.workers.live()))
     return web.Response(body=metrics.render(), headers={"Content-Type": metrics.CONTENT_TYPE})

@@ -34,6 +34,7 @@ from services.config import Config
 from .auth import Principal
 from .errors import ApiError
 from .inputs import InputImage
+from .quotas import Quotas
 
 log = logging.getLogger("diffbus.api")
 
@@ -59,6 +60,7 @@ class Tasks:
         self.storage = store or storage.ObjectStoreStorage(self.js)
         self.input_secret = input_secret  # names stored inputs (Keyring.secret): unguessable keys
         self.stored_inputs: OrderedDict[str, float] = OrderedDict()  # key -> when it was known stored
+        self.quotas = Quotas(config, self.count)
 
     async def store_input(self, image: InputImage) -> str:
         """The key an input image will be stored under; jobs carry the key, never the bytes. The key is
@@ -112,15 +114,16 @@ class Tasks:
             # was cut off (a NATS node lost) between the two publishes: queue it while the task has
             # neither started nor ended (the job's message id makes a second copy a no-op).
             if existing.status is TaskStatus.PENDING:
-                await self._queue(Job(task_id=existing.task_id, spec=existing.spec, priority=existing.priority))
+                await self._queue(self._job(existing.task_id, existing.spec, existing.priority, existing.owner))
             return existing
         chosen = task_id is not None
         task_id = task_id or self.task_id_for(principal, idempotency_key)
         accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
                             priority=priority, dialect=dialect, callback_url=callback_url, request=request,
                             webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
-        job = Job(task_id=task_id, spec=spec, priority=priority)
-        with telemetry.span("publish", task_id=task_id, subject=job_subject(job)):
+        job = self._job(task_id, spec, priority, principal.owner)
+        await self.quotas.check(principal)  # 429 over a quota: nothing is published
+        with telemetry.span("publish", task_id=task_id, subject=job_subject(job)), self.quotas.submitting(principal):
             try:
                 ack = await self._claim(accepted, exclusive=chosen or bool(idempotency_key))
             except TaskIdTaken:
@@ -161,6 +164,10 @@ class Tasks:
             if not mine:
                 raise TaskIdTaken(accepted.task_id)
         return ack
+
+    def _job(self, task_id: str, spec: JobSpec, priority: Priority, owner: str) -> Job:
+        key = subjects.key_token(owner) if self.config.quotas.fair_sharing else None
+        return Job(task_id=task_id, spec=spec, priority=priority, key=key)
 
     async def _queue(self, job: Job) -> None:
         """Publish a task's first job; its message id makes a second copy a no-op."""
@@ -210,6 +217,10 @@ class Tasks:
         except (nats.errors.NoRespondersError, TimeoutError) as e:
             raise ApiError(503, "task history unavailable: the projector did not answer") from e
         return decode(reply.data, TaskPage)
+
+    async def count(self, owner: str, status: TaskStatus) -> int:
+        """How many of `owner`'s tasks have `status` (503 ApiError when the projector does not answer)."""
+        return (await self.page(TaskList(owner=owner, statuses=[status], limit=0))).total
 
     async def delete(self, task_id: str, principal: Principal) -> TaskRecord:
         """Forget a finished task: `deleted` on the TASKS stream, then its result images (inputs are

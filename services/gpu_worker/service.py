@@ -30,6 +30,7 @@ GENERATION_ERRORS = ((generate.Stopped,), (generate.GenerationError,))  # (stopp
 
 class GpuWorker(JobWorker):
     kind = "gpu"
+    fair_shared = True
 
     def __init__(self, config: Config, nc, registry: ModelRegistry):
         super().__init__(config, nc)
@@ -130,7 +131,7 @@ class GpuWorker(JobWorker):
             return [msg]
         if key is None or images >= settings.max_images:
             return [msg]
-        more = await bus.fetch(self.queues[self.queue_of[msg.subject]], settings.max_images - images,
+        more = await bus.fetch(self.queues[self.queue_index(msg.subject)], settings.max_images - images,
                                max(settings.max_wait_ms, 1) / 1000)
         batch = [msg]
         for other in more:

@@ -65,6 +65,9 @@ class TaskDB:
             self.db.table("deleted").create({"task_id": str, "last_seq": int}, pk="task_id")
             self.db.execute("CREATE TABLE applied (seq INTEGER NOT NULL)")
             self.db.execute("INSERT INTO applied VALUES (0)")
+        # Per-key quotas count an owner's waiting and running tasks at every submit (made here, not only
+        # with the table, so a database of this version from before has it too).
+        self.db.execute("CREATE INDEX IF NOT EXISTS tasks_owner_status ON tasks (owner, status)")
         self.deleted = self.db.table("deleted")
 
     @property
@@ -98,26 +101,33 @@ class TaskDB:
 
     def apply(self, events: list[tuple[int, AnyTaskEvent]], upto: int | None = None) -> None:
         """Apply (stream sequence, event) pairs in one transaction, recording `upto` (by default the last
-        sequence given; more when the batch held events that could not be read) as applied."""
+        sequence given; more when the batch held events that could not be read) as applied. A task's
+        events in one batch are folded in memory and its row written once."""
         conn = self.db.conn
         with conn:
+            folded: dict[str, tuple[int, TaskRecord]] = {}  # task_id -> (last sequence, record) to write
             for seq, event in events:
-                row = conn.execute("SELECT last_seq, record FROM tasks WHERE task_id = ?", [event.task_id]).fetchone()
-                if row is not None and seq <= row[0]:
+                if event.task_id in folded:
+                    last_seq, before = folded[event.task_id]
+                else:
+                    row = conn.execute("SELECT last_seq, record FROM tasks WHERE task_id = ?", [event.task_id]).fetchone()
+                    if row is None and conn.execute("SELECT 1 FROM deleted WHERE task_id = ?",
+                                                    [event.task_id]).fetchone():
+                        continue
+                    last_seq, before = (0, None) if row is None else (row[0], decode(row[1].encode(), TaskRecord))
+                if before is not None and seq <= last_seq:
                     continue
-                if row is None and conn.execute("SELECT 1 FROM deleted WHERE task_id = ?", [event.task_id]).fetchone():
-                    continue
-                before = None if row is None else decode(row[1].encode(), TaskRecord)
                 after = taskstate.apply(before, event, seq)
-                if after is None:
-                    if before is not None:  # deleted
-                        conn.execute("DELETE FROM tasks WHERE task_id = ?", [event.task_id])
-                        conn.execute("INSERT OR REPLACE INTO deleted VALUES (?, ?)", [event.task_id, seq])
-                    continue
-                conn.execute(UPSERT, [
-                    after.task_id, after.number, after.owner, after.status.value, after.spec.__struct_config__.tag,
-                    queue_name(after.spec), after.priority.value, after.created_at, after.updated_at, seq,
-                    encode(after).decode()])
+                if after is not None:
+                    folded[event.task_id] = (seq, after)
+                elif before is not None:  # deleted
+                    folded.pop(event.task_id, None)
+                    conn.execute("DELETE FROM tasks WHERE task_id = ?", [event.task_id])
+                    conn.execute("INSERT OR REPLACE INTO deleted VALUES (?, ?)", [event.task_id, seq])
+            conn.executemany(UPSERT, [
+                [after.task_id, after.number, after.owner, after.status.value, after.spec.__struct_config__.tag,
+                 queue_name(after.spec), after.priority.value, after.created_at, after.updated_at, seq,
+                 encode(after).decode()] for seq, after in folded.values()])
             upto = upto if upto is not None else max((seq for seq, _ in events), default=0)
             conn.execute("UPDATE applied SET seq = max(seq, ?)", [upto])
 

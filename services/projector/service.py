@@ -14,16 +14,17 @@ from schemas import subjects
 from schemas.codec import decode, decode_event, encode
 from schemas.events import Progress, TaskStatus
 from schemas.queries import TaskGet, TaskList, TaskPage, TaskReply
-from services import bus, lifecycle, telemetry
+from services import bus, lifecycle, storage, telemetry
 from services.config import Config
 from services.lifecycle import stop_event
 
 from . import db
 from .db import TaskDB
+from .retention import Retention
 
 log = logging.getLogger("diffbus.projector")
 
-BATCH = 256
+BATCH = 1024  # events applied in one transaction at most (a rebuild commits this many at a time)
 APPLY_AFTER_S = 0.05  # events wait at most this long to be applied with others (queries do not wait)
 CATCH_UP_S = 3.0  # a query waits at most this long for the events stored before it (less than the API's query timeout)
 MAX_POSITIONS = 1000  # queue positions are published for the first this many pending tasks
@@ -170,7 +171,7 @@ async def _stale(js, db_path: Path) -> str | None:
     return None
 
 
-async def run(config: Config, rebuild: bool = False) -> None:
+async def run(config: Config, rebuild: bool = False, clock=time.time) -> None:
     in_memory = config.projector.db == ":memory:"
     db_path = Path(db.MEMORY) if in_memory else config.data_path / config.projector.db
     rebuild = rebuild or in_memory
@@ -244,11 +245,14 @@ async def run(config: Config, rebuild: bool = False) -> None:
         manual_ack=True, flow_control=True, idle_heartbeat=5.0, config=ConsumerConfig(
             ack_policy=AckPolicy.ALL, deliver_policy=DeliverPolicy.ALL, ack_wait=30, max_ack_pending=10_000)),
         "projector consumer")
+    retention = Retention(config, js, await storage.open_storage(config, js), tasks, clock)
+    sweeping = asyncio.create_task(retention.run())
     log.info("projector ready: %s", db_path)
     lifecycle.started()
     try:
         await stop_event().wait()
     finally:
+        sweeping.cancel()
         await events.unsubscribe()
         applier.apply()
         if queue.soon is not None:

@@ -85,8 +85,11 @@ def content_type(key: str) -> str:
     return mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
+INPUT_PREFIX = "inputs/"  # input images, stored once per content
+
+
 def input_key(sha256_hex: str, extension: str) -> str:
-    return f"inputs/{sha256_hex}.{extension}"
+    return f"{INPUT_PREFIX}{sha256_hex}.{extension}"
 
 
 def result_key(token: str, index: int, extension: str) -> str:

@@ -25,6 +25,7 @@ from schemas.workers import WorkerAnnouncement
 from .. import bus, lifecycle, metrics, storage, telemetry
 from ..config import Config
 from ..lifecycle import stop_event
+from .fairshare import FairQueue
 
 log = logging.getLogger("diffbus.jobloop")
 
@@ -124,6 +125,7 @@ class JobWorker:
 
     kind = "worker"
     concurrency = 1  # jobs (or batches) handled at once; their blocking work still takes turns
+    fair_shared = False  # whether its queues serve keys in turn when quotas.fair_sharing is on
 
     def __init__(self, config: Config, nc):
         self.config = config
@@ -137,6 +139,7 @@ class JobWorker:
         self.doorbell = asyncio.Event()
         self.queues: list = []  # pull subscriptions, in the order they are served
         self.queue_of: dict[str, int] = {}  # job subject -> index in queues
+        self.fair_of: dict[str, int] = {}  # job subject -> index of its FairQueue (fair sharing)
         self.ready: set[int] = set()  # queues believed to hold work
         self.subs: list = []  # core subscriptions
         self.held: deque = deque()  # fetched while gathering a batch, run next (heartbeated meanwhile)
@@ -231,12 +234,18 @@ class JobWorker:
 
     async def _subscribe(self) -> None:
         wcfg = self.config.worker
+        consumer = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_s,
+                                  max_deliver=wcfg.max_deliver, max_ack_pending=1000)
         for subject, durable in self.queue_subjects():
-            self.queue_of[subject] = len(self.queues)
+            if self.fair_shared and self.config.quotas.fair_sharing:  # every key's jobs, in turn
+                index = len(self.queues)
+                self.fair_of[subject] = index
+                self.queues.append(await FairQueue(
+                    self.js, self.nc, subject, durable, consumer, self.config, ring=lambda i=index: self._ring_queue(i),
+                    on_max_deliveries=self._on_max_deliveries).start())
+            self.queue_of[subject] = len(self.queues)  # jobs queued with no key (fair sharing off)
             self.queues.append(await bus.retry(lambda subject=subject, durable=durable: self.js.pull_subscribe(
-                subject, durable=durable, stream=subjects.JOBS,
-                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=wcfg.ack_wait_s,
-                                      max_deliver=wcfg.max_deliver, max_ack_pending=1000)), f"consumer {durable}"))
+                subject, durable=durable, stream=subjects.JOBS, config=consumer), f"consumer {durable}"))
             # A doorbell: job publishes reach core subscribers too, so an idle worker wakes at once.
             self.subs.append(await self.nc.subscribe(subject, cb=self._ring))
             self.subs.append(await self.nc.subscribe(
@@ -244,8 +253,15 @@ class JobWorker:
                 cb=self._on_max_deliveries))
 
     async def _ring(self, msg) -> None:
-        self.ready.add(self.queue_of[msg.subject])
+        self._ring_queue(self.queue_of[msg.subject])
+
+    def _ring_queue(self, index: int) -> None:
+        self.ready.add(index)
         self.doorbell.set()
+
+    def queue_index(self, subject: str) -> int:
+        """Which of self.queues a job's subject is pulled from (a key's subject: its fair-shared queue)."""
+        return self.queue_of[subject] if subject in self.queue_of else self.fair_of[subject.rsplit(".", 1)[0]]
 
     async def _next_job(self):
         """The next job from the first queue that holds one, or None after an idle wait."""
@@ -259,10 +275,11 @@ class JobWorker:
         index = min(self.ready)
         fetched = await bus.fetch(self.queues[index], 1, FETCH_S)
         if not fetched:
-            self.ready.discard(index)
+            if not getattr(self.queues[index], "holds_more", False):  # a fair-shared queue knows better
+                self.ready.discard(index)
             return None
         [msg] = fetched
-        if msg.metadata.num_pending == 0:
+        if msg.metadata.num_pending == 0 and not getattr(self.queues[index], "holds_more", False):
             self.ready.discard(index)
         return msg
 
@@ -370,7 +387,8 @@ class JobWorker:
 
     async def publish_next_stage(self, job: Job, inputs: list[str]) -> None:
         """Hand the task to the worker of its next stage (its queue depends on the stage)."""
-        nxt = Job(task_id=job.task_id, spec=job.spec, priority=job.priority, stage=job.stage + 1, inputs=inputs)
+        nxt = Job(task_id=job.task_id, spec=job.spec, priority=job.priority, stage=job.stage + 1, inputs=inputs,
+                  key=job.key)
         await bus.publish(self.js, job_subject(nxt), encode(nxt),
                           telemetry.headers({"Nats-Msg-Id": subjects.job_msg_id(job.task_id, nxt.stage)}))
 
