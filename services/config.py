@@ -252,6 +252,12 @@ class FooocusConfig(_Section):
     styles_file: str | None = None
     default_styles: list[str] = []  # applied when a request names none
     upscaler: str | None = None  # for uov "Upscale (…)": default the first configured model, else Lanczos
+    # A synchronous request (neither async_process nor stream_output, no image type in Accept):
+    # "binary" answers the image itself (the seed document), "json" the finished task object (newer FooocusAPI).
+    sync_reply: Literal["binary", "json"] = "binary"
+    # Input images given as http(s) URLs are fetched by the API, with the webhook targets' address rules
+    # (notifier.allowed_networks), within this time and at most limits.max_init_image_bytes.
+    image_fetch_timeout_s: Seconds = 10.0
 
 
 class SdWorkManagerConfig(_Section):

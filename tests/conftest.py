@@ -93,8 +93,10 @@ def s3_storage(server: WeedMini, **overrides) -> dict:
 
 @pytest.fixture(scope="session")
 def s3_stack(tmp_path_factory, demo_model, s3_server):
-    """The session's diffbus again, storing inputs and results in S3 (presigned URLs)."""
-    with running(Stack(tmp_path_factory.mktemp("s3stack"), demo_model, storage=s3_storage(s3_server))) as s:
+    """The session's diffbus again, storing inputs and results in S3 (presigned URLs), and answering a
+    synchronous FooocusAPI request with the task object, as newer FooocusAPI does."""
+    with running(Stack(tmp_path_factory.mktemp("s3stack"), demo_model, storage=s3_storage(s3_server),
+                       fooocus={"sync_reply": "json"})) as s:
         yield s
 
 

@@ -108,7 +108,7 @@ async def test_options_are_per_key(client):
     assert (await post(client, "options", {"sd_model_checkpoint": "nope"}))[0] == 422
     assert (await post(client, "options", {"sd_model_checkpoint": "demo", "CLIP_stop_at_last_layers": 2}))[0] == 200
     assert (await get(client, "options"))[1]["CLIP_stop_at_last_layers"] == 2
-    assert "CLIP_stop_at_last_layers" not in (await get(client, "options", key=BOB))[1]
+    assert (await get(client, "options", key=BOB))[1]["CLIP_stop_at_last_layers"] == 1  # the default
 
 
 async def test_listings(client):
@@ -177,11 +177,15 @@ async def test_response_shapes_follow_a1111_models(client):
     status, sync = await post(client, "txt2img", {"prompt": "x", "steps": 2, "width": 64, "height": 64,
                                                   "sampler_name": "Euler a"})
     assert json.loads(sync["info"])["sampler_name"] == "Euler a"
-    status, progress = await get(client, "progress")  # no task_id: this key's latest task
-    assert status == 200 and set(progress) == {"progress", "eta_relative", "state", "current_image", "textinfo"}
+    task_id = json.loads(sync["info"])["task_id"]
+    status, progress = await get(client, "progress")  # no task_id: as A1111, idle once the task is done
+    assert status == 200 and set(progress) == {"progress", "eta_relative", "state", "current_image", "textinfo",
+                                               "current_task"}
     assert {"skipped", "interrupted", "job", "job_count", "job_timestamp", "job_no", "sampling_step",
             "sampling_steps"} <= set(progress["state"])
-    assert progress["progress"] == 1.0 and progress["state"]["job"] == json.loads(sync["info"])["task_id"]
+    assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
+    status, progress = await get(client, f"progress?task_id={task_id}")  # the seed's extension: that task
+    assert progress["progress"] == 1.0 and progress["state"]["job"] == task_id
     shapes = {"sd-models": {"title", "model_name", "hash", "sha256", "filename", "config"},
               "samplers": {"name", "aliases", "options"},
               "upscalers": {"name", "model_name", "model_path", "model_url", "scale"},

@@ -39,15 +39,15 @@ def test_image_header_is_checked_before_decoding(width, height, words):
 
 
 @pytest.mark.parametrize("given, label", [("karras", "Karras"), ("Karras", "Karras"), ("sgm_uniform", "SGM Uniform"),
-                                          ("SGM Uniform", "SGM Uniform"), (None, None)])
+                                          ("SGM Uniform", "SGM Uniform"), (None, "Automatic")])
 def test_schedule_types_by_label_or_name(given, label):
-    assert samplers.schedule_type(given) == label
+    assert samplers.schedule_type(given).label == label
 
 
-def test_unknown_schedule_type_is_refused_without_a_sampler():
-    with pytest.raises(ApiError) as e:
-        samplers.resolve(None, "Karras2")
-    assert e.value.status == 422
+def test_an_unknown_schedule_type_runs_as_automatic_and_says_so():
+    """As A1111 (sd_schedulers.schedulers_map.get falls back to the default), never a 5xx."""
+    assert samplers.schedule_type("Karras2") is None
+    assert samplers.resolve(None, "Karras2").notes and samplers.resolve("Euler", "Karras2").schedule == "Automatic"
 
 
 def test_owners_are_keys_not_names():

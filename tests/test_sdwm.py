@@ -82,6 +82,9 @@ async def test_errors_keep_the_envelope(client):
     status, reply = await call(client, "submitTxt2ImgTask", {"width": 64, "height": 64, "prompts": "x", "module": "nope",
                                                              "negativePrompts": "", "count": 1, "steps": 4, "scale": 8})
     assert status == 400 and reply["code"] == -101 and "nope" in reply["msg"]
+    status, reply = await call(client, "submitTxt2ImgTask", {"width": 64, "height": 64, "prompts": "x",
+                                                             "negativePrompts": "", "count": 1, "steps": 999, "scale": 8})
+    assert status == 400 and reply["msg"].startswith("steps:")  # its own field name, not num_inference_steps
     status, reply = await call(client, "getTaskState", {"taskId": 987654321})
     assert status == 200 and reply == {"code": 0, "msg": "ok", "data": None}
 

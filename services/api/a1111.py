@@ -1,6 +1,7 @@
 """The AUTOMATIC1111 dialect (`/sdapi/v1/*`, seeds/a1111_style.md): synchronous txt2img/img2img,
 progress, interrupt, options, listings. Requests map onto the native JobSpec."""
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -18,8 +19,8 @@ from schemas.events import TaskStatus
 from services import imaging
 
 from . import apidoc, native, samplers, seed_examples, validation
-from .a1111_replies import (A1111Error, ExtrasReply, ImagesReply, Lora, ProgressReply, Sampler, ScheduleType, SdModel,
-                            Upscaler)
+from . import styles as prompt_styles
+from .a1111_replies import A1111Error, ExtrasBatchReply, ExtrasReply, ImagesReply, ProgressReply
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError, invalid
@@ -32,7 +33,7 @@ DOCS = apidoc.Docs(DIALECT, "AUTOMATIC1111's web UI API (seed a1111_style.md): s
                    "its listings. The key in X-API-Key, or HTTP Basic with the key as the password.",
                    security=("ApiKey", "HTTPBasic"), error_model=A1111Error)
 NOTHING = {"type": "null"}
-MAX_OPTIONS_CHARS = 64 * 1024  # a key's stored options (a KV value)
+EMPTY = {"type": "object", "maxProperties": 0}
 TASK_PARAM = apidoc.Param("task_id", description="default: the calling key's latest task")
 
 
@@ -85,7 +86,9 @@ class A1111Request(BaseModel):
     subseed_strength: float = 0
     sampler_name: str | None = None
     sampler_index: str | None = None  # deprecated alias of sampler_name
-    scheduler: str | None = None
+    scheduler: str | None = None  # a schedule type's name or label
+    script_name: str | None = None
+    alwayson_scripts: dict = {}
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
     steps: int = Field(50, ge=1)
@@ -122,6 +125,18 @@ class A1111Request(BaseModel):
     include_init_images: bool = False
 
 
+# Native field names in an error's `loc`, as the A1111 request named them.
+FIELD_NAMES = {"num_inference_steps": "steps", "guidance_scale": "cfg_scale", "num_images": "batch_size",
+               "init_image": "init_images", "mask_image": "mask", "strength": "denoising_strength",
+               "model": "sd_model_checkpoint", "hr_scale": "hr_scale", "invert_mask": "inpainting_mask_invert"}
+
+
+def a1111_names(detail):
+    if not isinstance(detail, list):
+        return detail
+    return [{**d, "loc": [FIELD_NAMES.get(str(part), part) for part in d["loc"]]} for d in detail]
+
+
 def principal(request: web.Request) -> Principal:
     """X-API-Key, or HTTP Basic with the API key as the password (A1111's --api-auth clients)."""
     ctx = request.app[CTX]
@@ -144,8 +159,11 @@ def _unsupported(req: A1111Request) -> None:
             raise invalid([field], f"{field} is not supported by diffbus")
     if req.subseed_strength:
         raise invalid(["subseed_strength"], "variation seeds (subseed) are not supported")
-    if req.styles:
-        raise invalid(["styles"], f"unknown styles {req.styles}: no styles are configured")
+    if req.script_name:
+        raise invalid(["script_name"], f"Script '{req.script_name}' not found: diffbus runs no scripts")
+    if req.alwayson_scripts:
+        name = next(iter(req.alwayson_scripts))
+        raise invalid(["alwayson_scripts"], f"always on script {name} not found: diffbus runs no scripts")
     for field, value, same_as in (("hr_prompt", req.hr_prompt, req.prompt),
                                   ("hr_negative_prompt", req.hr_negative_prompt, req.negative_prompt),
                                   ("hr_sampler_name", req.hr_sampler_name, req.sampler_name or req.sampler_index)):
@@ -155,11 +173,16 @@ def _unsupported(req: A1111Request) -> None:
         raise invalid(["resize_mode"], f"resize_mode must be one of {sorted(RESIZE_MODES)}")
 
 
-def native_request(req: A1111Request, owner_options: dict, init_image: str | None) -> dict:
+def native_request(req: A1111Request, owner_options: dict, init_image: str | None, config) -> dict:
     """The same request in the native dialect's terms (img2img: init_image, already resized)."""
     model = req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint")
+    names = [n for n in req.styles if n]
+    if prompt_styles.unknown(names, config):
+        raise invalid(["styles"], f"unknown styles {prompt_styles.unknown(names, config)}; "
+                                  f"known: {list(prompt_styles.load(config))}")
+    prompt, negative = prompt_styles.apply_a1111(req.prompt, req.negative_prompt, names, config)
     body = {
-        "prompt": req.prompt or " ", "negative_prompt": req.negative_prompt, "seed": req.seed,
+        "prompt": prompt or " ", "negative_prompt": negative, "seed": req.seed,
         "num_inference_steps": req.steps, "guidance_scale": req.cfg_scale, "width": req.width,
         "height": req.height, "num_images": req.batch_size * req.n_iter, "model": model,
     }
@@ -188,7 +211,7 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
     try:
         req = A1111Request.model_validate(raw)
         _unsupported(req)
-        cls, options = samplers.resolve(req.sampler_name or req.sampler_index, req.scheduler)
+        chosen = samplers.resolve(req.sampler_name or req.sampler_index, req.scheduler)
     except ValidationError as e:
         raise ApiError(422, validation.detail(e)) from None
     task_id = req.force_task_id or req.task_id or uuid.uuid4().hex
@@ -203,13 +226,15 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
                                                     req.resize_mode, ctx.config)
     try:
         native_req = native.GenerateRequest.model_validate(
-            native_request(req, await request.app[STATE].get("options", who.owner, {}), init_image),
+            native_request(req, await request.app[STATE].get("options", who.owner, {}), init_image, ctx.config),
             context=ctx.config)
+        spec = await native.build_spec(ctx, native_req)
     except ValidationError as e:
-        raise ApiError(422, validation.detail(e)) from None
-    spec = await native.build_spec(ctx, native_req)
-    if cls is not None:
-        spec = msgspec.structs.replace(spec, scheduler=cls, scheduler_options=options)
+        raise ApiError(422, a1111_names(validation.detail(e))) from None
+    except ApiError as e:
+        raise ApiError(e.status, a1111_names(e.detail)) from None
+    if chosen.scheduler is not None:
+        spec = msgspec.structs.replace(spec, scheduler=chosen.scheduler, scheduler_options=chosen.options)
     await ctx.tasks.submit(spec, who, dialect=DIALECT, task_id=task_id)  # 409 when the id is taken
     await request.app[STATE].put("latest", who.owner, task_id)
     record = await ctx.tasks.wait(task_id, who)
@@ -221,8 +246,7 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
             images.append(base64.b64encode(await ctx.tasks.storage.get(image.key) or b"").decode())
     if img2img and req.include_init_images:
         images += [i.split(",", 1)[-1] for i in req.init_images]
-    sampler = req.sampler_name or req.sampler_index or "Automatic"
-    return web.json_response({"images": images, "parameters": raw, "info": json.dumps(info(spec, task_id, sampler))})
+    return web.json_response({"images": images, "parameters": raw, "info": json.dumps(info(spec, task_id, chosen))})
 
 
 async def run_to_end(ctx, who: Principal, spec, task_id: str):
@@ -231,16 +255,18 @@ async def run_to_end(ctx, who: Principal, spec, task_id: str):
     return await ctx.tasks.wait(task_id, who)
 
 
-def info(spec, task_id: str, sampler: str) -> dict:
+def info(spec, task_id: str, chosen: samplers.Resolution) -> dict:
+    """A1111's `info` (Processed.js()); `notes` says what diffbus ran differently from the request."""
     seeds = spec.seeds
     return {
         "prompt": spec.prompt, "all_prompts": [spec.prompt] * len(seeds), "negative_prompt": spec.negative_prompt,
         "all_negative_prompts": [spec.negative_prompt] * len(seeds), "seed": spec.seed, "all_seeds": seeds,
         "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0, "width": spec.width,
-        "height": spec.height, "sampler_name": sampler, "cfg_scale": spec.guidance_scale,
+        "height": spec.height, "sampler_name": chosen.sampler or "Automatic", "cfg_scale": spec.guidance_scale,
         "steps": spec.steps, "batch_size": spec.num_images, "restore_faces": False, "sd_model_name": spec.model,
         "denoising_strength": getattr(spec, "strength", None), "infotexts": [imaging.infotext(spec, s) for s in seeds],
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1, "task_id": task_id,
+        "extra_generation_params": {"Schedule type": chosen.schedule}, "notes": chosen.notes,
     }
 
 
@@ -261,20 +287,29 @@ async def img2img(request: web.Request) -> web.Response:
 @DOCS.route("GET", PREFIX + "progress", "Progress of a task", response=ProgressReply, errors=(401, 404),
             params=(TASK_PARAM, apidoc.Param("skip_current_image", schema={"type": "boolean"})))
 async def progress(request: web.Request) -> web.Response:
-    """GET /sdapi/v1/progress[?task_id=]: that task, or the calling key's latest one."""
+    """GET /sdapi/v1/progress[?task_id=]: that task (the seed's extension), or as A1111 does, the
+    calling key's task in progress, idle (progress 0, job_count 0) when it has none."""
     ctx = request.app[CTX]
     who = principal(request)
-    task_id = request.query.get("task_id") or await request.app[STATE].get("latest", who.owner)
+    explicit = request.query.get("task_id")
+    task_id = explicit or await request.app[STATE].get("latest", who.owner)
     empty = {"progress": 0.0, "eta_relative": 0.0, "state": {"skipped": False, "interrupted": False, "job": "",
              "job_count": 0, "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0},
-             "current_image": None, "textinfo": None}
+             "current_image": None, "textinfo": None, "current_task": None}
     if not task_id:
         return web.json_response(empty)
-    record = await ctx.tasks.get(task_id, who)
+    try:
+        record = await ctx.tasks.get(task_id, who)
+    except ApiError as e:
+        if explicit or e.status != 404:
+            raise
+        return web.json_response(empty)  # the latest task was deleted: idle
+    if not explicit and record.status.is_terminal():
+        return web.json_response(empty)
     last = await ctx.tasks.last_progress(task_id)
     state = {**empty["state"], "job": task_id, "job_count": 1, "task_id": task_id,
              "interrupted": record.status is TaskStatus.CANCELLED}
-    body = {**empty, "state": state}
+    body = {**empty, "state": state, "current_task": task_id}
     if record.status is TaskStatus.COMPLETED:
         body["progress"] = 1.0
     elif last is not None and record.status is TaskStatus.PROCESSING:
@@ -285,12 +320,13 @@ async def progress(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-@DOCS.route("POST", PREFIX + "interrupt", "Stop the running task", response=NOTHING, errors=(401, 404),
+@DOCS.route("POST", PREFIX + "interrupt", "Stop the running task", response=EMPTY, errors=(401, 404),
             params=(TASK_PARAM,))
 @DOCS.route("POST", PREFIX + "skip", "Stop the running task (as interrupt)", response=NOTHING, errors=(401, 404),
             params=(TASK_PARAM,))
 async def interrupt(request: web.Request) -> web.Response:
-    """POST /sdapi/v1/interrupt (and /skip): stops the calling key's running task (or ?task_id=)."""
+    """POST /sdapi/v1/interrupt (and /skip): stops the calling key's running task (or ?task_id=).
+    A1111 answers interrupt with {} and skip with null."""
     ctx = request.app[CTX]
     who = principal(request)
     task_id = request.query.get("task_id") or await request.app[STATE].get("latest", who.owner)
@@ -300,79 +336,7 @@ async def interrupt(request: web.Request) -> web.Response:
         except ApiError as e:
             if e.status != 409:
                 raise
-    return web.json_response(None)
-
-
-@DOCS.route("GET", PREFIX + "options", "This key's options", response={"type": "object"}, errors=(401,))
-@DOCS.route("POST", PREFIX + "options", "Set this key's options (sd_model_checkpoint: its default model)",
-            body=dict, response=NOTHING, errors=(401, 422), examples=seed_examples.A1111_OPTIONS)
-async def options(request: web.Request) -> web.Response:
-    """GET/POST /sdapi/v1/options: per key; sd_model_checkpoint is that key's default model."""
-    ctx = request.app[CTX]
-    who = principal(request)
-    stored = await request.app[STATE].get("options", who.owner, {"sd_model_checkpoint": ctx.config.default_model})
-    if request.method == "POST":
-        body = await validation.read_json(request)
-        if not isinstance(body, dict):
-            raise invalid([], "expected an object of options")
-        model = body.get("sd_model_checkpoint")
-        if model is not None and ctx.config.model(model) is None:
-            raise invalid(["sd_model_checkpoint"], f"unknown model {model!r}")
-        stored.update(body)
-        if len(json.dumps(stored)) > MAX_OPTIONS_CHARS:
-            raise invalid([], f"options are limited to {MAX_OPTIONS_CHARS} characters of JSON")
-        await request.app[STATE].put("options", who.owner, stored)
-        return web.json_response(None)
-    return web.json_response(stored)
-
-
-@DOCS.route("GET", PREFIX + "sd-models", "The configured models", response=list[SdModel], errors=(401,))
-async def sd_models(request: web.Request) -> web.Response:
-    principal(request)
-    return web.json_response([
-        {"title": m.name, "model_name": m.name, "hash": None, "sha256": None,
-         "filename": m.checkpoint or m.path or m.name, "config": m.config}
-        for m in request.app[CTX].config.models])
-
-
-@DOCS.route("GET", PREFIX + "samplers", "Sampler names", response=list[Sampler], errors=(401,))
-async def sampler_list(request: web.Request) -> web.Response:
-    principal(request)
-    return web.json_response(samplers.listing())
-
-
-@DOCS.route("GET", PREFIX + "schedulers", "Schedule types", response=list[ScheduleType], errors=(401,))
-async def schedule_list(request: web.Request) -> web.Response:
-    principal(request)
-    return web.json_response([{"name": n.lower().replace(" ", "_"), "label": n, "aliases": None,
-                               "default_rho": None, "need_inner_model": False}
-                              for n in samplers.SCHEDULE_TYPES])
-
-
-@DOCS.route("GET", PREFIX + "upscalers", "Upscalers", response=list[Upscaler], errors=(401,))
-async def upscaler_list(request: web.Request) -> web.Response:
-    principal(request)
-    config = request.app[CTX].config
-    paths = {u.name: u.path for u in config.upscalers}
-    return web.json_response([{"name": n, "model_name": n if n in paths else None, "model_path": paths.get(n),
-                               "model_url": None, "scale": 4 if n in paths else None}
-                              for n in config.upscaler_names])
-
-
-@DOCS.route("GET", PREFIX + "loras", "LoRA files", response=list[Lora], errors=(401,))
-async def lora_list(request: web.Request) -> web.Response:
-    principal(request)
-    ctx = request.app[CTX]
-    files = ctx.loras.available(ctx.config.default_model)
-    return web.json_response([{"name": n, "alias": n, "path": n, "metadata": {"sha256": h}}
-                              for n, h in sorted(files.items())])
-
-
-@DOCS.route("POST", PREFIX + "refresh-checkpoints", "Re-read models (a no-op)", response=NOTHING, errors=(401,))
-@DOCS.route("POST", PREFIX + "refresh-loras", "Re-read LoRAs (a no-op)", response=NOTHING, errors=(401,))
-async def refresh(request: web.Request) -> web.Response:
-    principal(request)
-    return web.json_response(None)
+    return web.json_response({} if request.path.endswith("/interrupt") else None)
 
 
 @DOCS.route("POST", PREFIX + "png-info", "Read the generation parameters an image carries",
@@ -384,33 +348,51 @@ async def png_info(request: web.Request) -> web.Response:
 
 
 class ExtrasRequest(BaseModel):
+    """A1111's ExtrasBaseRequest (upscaling part; face restoration and a second upscaler are refused)."""
+
     model_config = ConfigDict(extra="ignore")
 
-    image: str
-    resize_mode: int = 0  # 0: by upscaling_resize, 1: to upscaling_resize_w × _h
+    resize_mode: int = Field(0, ge=0, le=1)  # 0: by upscaling_resize, 1: to upscaling_resize_w × _h
     upscaling_resize: float = Field(2.0, ge=1)
     upscaling_resize_w: int = Field(512, ge=1)
     upscaling_resize_h: int = Field(512, ge=1)
     upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
 
 
-@DOCS.route("POST", PREFIX + "extra-single-image", "Upscale one image, answered when done", body=ExtrasRequest,
-            response=ExtrasReply, errors=(401, 422, 500, 504), examples=seed_examples.A1111_EXTRAS)
-async def extra_single_image(request: web.Request) -> web.Response:
-    """POST /sdapi/v1/extra-single-image: an upscale task, waited for; {html_info, image}."""
-    ctx = request.app[CTX]
-    who = principal(request)
-    try:
-        req = ExtrasRequest.model_validate(await validation.read_json(request))
-    except ValidationError as e:
-        raise ApiError(422, validation.detail(e)) from None
-    image = await validation.input_image(req.image, "image", ctx.config)
+class ExtrasSingleRequest(ExtrasRequest):
+    image: str
+
+
+class BatchImage(BaseModel):
+    data: str
+    name: str = ""
+
+
+class ExtrasBatchRequest(ExtrasRequest):
+    imageList: list[BatchImage] = Field(min_length=1)  # noqa: N815 - A1111's name
+
+
+def _extras_unsupported(req: ExtrasRequest) -> None:
+    for field in ("gfpgan_visibility", "codeformer_visibility"):
+        if getattr(req, field):
+            raise invalid([field], "face restoration is not supported by diffbus")
+    if req.upscaler_2 not in ("None", "") and req.extras_upscaler_2_visibility:
+        raise invalid(["upscaler_2"], "a second upscaler is not supported by diffbus")
+
+
+async def _upscale(ctx, who: Principal, req: ExtrasRequest, value: str, field: str) -> tuple[bytes, str]:
+    """One upscale task, waited for: (image bytes, html_info)."""
+    image = await validation.input_image(value, field, ctx.config)
     upscaler = "Lanczos" if req.upscaler_1 in ("None", "") else req.upscaler_1
     scale = req.upscaling_resize if req.resize_mode == 0 else max(
         req.upscaling_resize_w / image.width, req.upscaling_resize_h / image.height)
-    body = {"image": req.image, "scale": scale, "upscaler": upscaler}
     try:
-        native_req = native.UpscaleRequest.model_validate(body, context=ctx.config)
+        native_req = native.UpscaleRequest.model_validate({"image": value, "scale": scale, "upscaler": upscaler},
+                                                          context=ctx.config)
     except ValidationError as e:
         raise ApiError(422, validation.detail(e)) from None
     size = ((req.upscaling_resize_w, req.upscaling_resize_h) if req.resize_mode == 1
@@ -420,19 +402,56 @@ async def extra_single_image(request: web.Request) -> web.Response:
     data = await ctx.tasks.storage.get(record.images[0].key) if record.images else None
     if data is None:
         raise ApiError(500, record.error_message or "the upscale did not finish")
-    return web.json_response({"html_info": f"<p>{upscaler}, {size[0]}×{size[1]}</p>",
-                              "image": base64.b64encode(data).decode()})
+    return data, f"<p>{upscaler}, {size[0]}×{size[1]}</p>"
+
+
+async def _extras_request(request: web.Request, model: type[ExtrasRequest]):
+    try:
+        req = model.model_validate(await validation.read_json(request))
+    except ValidationError as e:
+        raise ApiError(422, validation.detail(e)) from None
+    _extras_unsupported(req)
+    return req
+
+
+@DOCS.route("POST", PREFIX + "extra-single-image", "Upscale one image, answered when done",
+            body=ExtrasSingleRequest, response=ExtrasReply, errors=(401, 422, 500, 504),
+            examples=seed_examples.A1111_EXTRAS)
+async def extra_single_image(request: web.Request) -> web.Response:
+    """POST /sdapi/v1/extra-single-image: an upscale task, waited for; {html_info, image}."""
+    ctx = request.app[CTX]
+    who = principal(request)
+    req = await _extras_request(request, ExtrasSingleRequest)
+    data, html = await _upscale(ctx, who, req, req.image, "image")
+    return web.json_response({"html_info": html, "image": base64.b64encode(data).decode()})
+
+
+@DOCS.route("POST", PREFIX + "extra-batch-images", "Upscale several images, answered when all are done",
+            body=ExtrasBatchRequest, response=ExtrasBatchReply, errors=(401, 422, 500, 504))
+async def extra_batch_images(request: web.Request) -> web.Response:
+    """POST /sdapi/v1/extra-batch-images {imageList: [{data, name}], …}: one upscale task per image
+    (at most limits.max_images), run side by side; {html_info, images}."""
+    ctx = request.app[CTX]
+    who = principal(request)
+    req = await _extras_request(request, ExtrasBatchRequest)
+    if len(req.imageList) > ctx.config.limits.max_images:
+        raise invalid(["imageList"], f"at most {ctx.config.limits.max_images} images")
+    for i, item in enumerate(req.imageList):  # every input checked before any task starts
+        await validation.input_image(item.data, f"imageList.{i}.data", ctx.config)
+    done = await asyncio.gather(*(_upscale(ctx, who, req, item.data, f"imageList.{i}.data")
+                                  for i, item in enumerate(req.imageList)))
+    return web.json_response({"html_info": done[0][1],
+                              "images": [base64.b64encode(data).decode() for data, _ in done]})
 
 
 def register(app: web.Application) -> None:
+    from . import a1111_listings
+
     app[STATE] = KeyState(app[CTX].tasks.js)
     app[RENDERERS].append((PREFIX, error_shape))
     for path, handler in (("txt2img", txt2img), ("img2img", img2img), ("interrupt", interrupt),
-                          ("skip", interrupt), ("refresh-checkpoints", refresh), ("refresh-loras", refresh),
-                          ("png-info", png_info), ("options", options), ("extra-single-image", extra_single_image)):
+                          ("skip", interrupt), ("png-info", png_info), ("extra-single-image", extra_single_image),
+                          ("extra-batch-images", extra_batch_images)):
         app.router.add_post(PREFIX + path, handler)
-    for path, handler in (("progress", progress), ("options", options), ("sd-models", sd_models),
-                          ("samplers", sampler_list), ("schedulers", schedule_list), ("upscalers", upscaler_list),
-                          ("loras", lora_list)):
-        app.router.add_get(PREFIX + path, handler)
-
+    app.router.add_get(PREFIX + "progress", progress)
+    a1111_listings.register(app)

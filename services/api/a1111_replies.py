@@ -1,4 +1,5 @@
-"""The shapes of the AUTOMATIC1111 dialect's replies, for its OpenAPI description (a1111.py builds them)."""
+"""The shapes of the AUTOMATIC1111 dialect's replies, field by field as A1111 1.10's modules/api/models.py
+declares them. The listings are served by encoding these Structs, so what is documented is what is sent."""
 
 import msgspec
 
@@ -36,6 +37,7 @@ class ProgressReply(msgspec.Struct):
     state: ProgressState
     current_image: str | None  # base64 preview
     textinfo: str | None
+    current_task: str | None = None  # the task in progress
 
 
 class SdModel(msgspec.Struct):
@@ -58,7 +60,7 @@ class ScheduleType(msgspec.Struct):
     label: str
     aliases: list[str] | None
     default_rho: float | None
-    need_inner_model: bool
+    need_inner_model: bool | None
 
 
 class Upscaler(msgspec.Struct):
@@ -79,3 +81,73 @@ class Lora(msgspec.Struct):
 class ExtrasReply(msgspec.Struct):
     html_info: str
     image: str  # base64 PNG
+
+
+class ExtrasBatchReply(msgspec.Struct):
+    html_info: str
+    images: list[str]  # base64 PNGs, in the order sent
+
+
+class LatentUpscaleMode(msgspec.Struct):
+    name: str
+
+
+class SdVae(msgspec.Struct):
+    """Also Forge's /sdapi/v1/sd-modules."""
+
+    model_name: str
+    filename: str
+
+
+class Hypernetwork(msgspec.Struct):
+    name: str
+    path: str | None
+
+
+class FaceRestorer(msgspec.Struct):
+    name: str
+    cmd_dir: str | None
+
+
+class RealesrganModel(msgspec.Struct):
+    name: str
+    path: str | None
+    scale: int | None
+
+
+class PromptStyle(msgspec.Struct):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
+class Embeddings(msgspec.Struct):
+    loaded: dict[str, dict]  # name -> {step, sd_checkpoint, sd_checkpoint_name, shape, vectors}
+    skipped: dict[str, dict]
+
+
+class Memory(msgspec.Struct):
+    ram: dict  # {free, used, total} in bytes, or {error}
+    cuda: dict  # {system, active, allocated, reserved, inactive, events}, or {error}
+
+
+class ScriptsList(msgspec.Struct):
+    txt2img: list[str]
+    img2img: list[str]
+
+
+class ScriptInfo(msgspec.Struct):
+    name: str | None
+    is_alwayson: bool | None
+    is_img2img: bool | None
+    args: list[dict]
+
+
+class Extension(msgspec.Struct):
+    name: str
+    remote: str
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: int
+    enabled: bool

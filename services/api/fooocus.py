@@ -9,20 +9,20 @@ parameter set work; any other value is a 422 naming it, never silently dropped."
 import base64
 import json
 import re
-from functools import cache
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from schemas.events import TaskStatus
 from schemas.queries import TaskList, TaskRecord
 from services.views.fooocus_task import preview_uri, task_object
 from services.storage import FileUrl
 
-from . import apidoc, history, live, native, samplers, seed_examples, validation
+from . import apidoc, fetch, history, live, native, samplers, seed_examples, validation
+from . import styles as prompt_styles
 from .auth import Principal
 from .context import CTX
 from .errors import ApiError, FastApiError, invalid
@@ -36,7 +36,6 @@ from .fooocus_replies import (
 )
 
 DIALECT = "fooocus"
-STYLES_FILE = Path(__file__).with_name("fooocus_styles.json")
 PERFORMANCE_STEPS = {"Quality": 60, "Speed": 30, "Extreme Speed": 8, "Lightning": 4, "Hyper-SD": 4}
 VARY_STRENGTH = {"Vary (Subtle)": 0.5, "Vary (Strong)": 0.85}
 UPSCALE = {"Upscale (1.5x)": 1.5, "Upscale (2x)": 2.0, "Upscale (Fast 2x)": 2.0, "Upscale (Custom)": None}
@@ -62,6 +61,8 @@ FIELD_NAMES = {"num_images": "image_number", "num_inference_steps": "overwrite_s
                "model": "base_model_name", "init_image": "uov_input_image", "mask_image": "inpaint_mask_image_upload",
                "width": "aspect_ratios_selection", "height": "aspect_ratios_selection"}
 IMAGE_FIELDS = ("uov_input_image", "inpaint_input_image", "inpaint_mask_image_upload")
+NO_IMAGE = ("", "None", "none", "null", "string")  # FooocusAPI reads these as no image (its defaults are "None")
+ACCEPTED_IMAGES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp"}
 DOCS = apidoc.Docs(DIALECT, "FooocusAPI (seed fooocusapi.md): one generate route with three reply modes, and the "
                    "task history.", error_model=FastApiError)
 TIME_PARAMS = (apidoc.Param("start_at", description="ISO 8601, e.g. 2024-07-03T12:22:30 (UTC without a zone)"),
@@ -153,6 +154,11 @@ class GenerateRequest(BaseModel):
     stream_output: bool = False
     webhook_url: str | None = None
 
+    @field_validator(*IMAGE_FIELDS, mode="before")
+    @classmethod
+    def _no_image(cls, value):
+        return None if value is None or (isinstance(value, str) and value.strip() in NO_IMAGE) else value
+
 
 def principal(request: web.Request) -> Principal:
     ctx = request.app[CTX]
@@ -162,13 +168,8 @@ def principal(request: web.Request) -> Principal:
     return found
 
 
-@cache
-def _styles_from(path: str) -> dict[str, dict]:
-    return {style["name"]: style for style in json.loads(Path(path).read_text())}
-
-
 def styles(config) -> dict[str, dict]:
-    return _styles_from(config.fooocus.styles_file or str(STYLES_FILE))
+    return prompt_styles.load(config)
 
 
 def styled(prompt: str, negative: str, names: list[str], config) -> tuple[str, str]:
@@ -286,16 +287,19 @@ async def build(ctx, req: GenerateRequest, file_url: FileUrl):
     if "mask_image" in body:
         body["mask_image"] = await validation.grown_mask(body["mask_image"], "inpaint_mask_image_upload",
                                                          req.inpaint_erode_or_dilate, config)
+    if req.scheduler_name and req.scheduler_name not in SCHEDULES:
+        raise invalid(["scheduler_name"], f"{req.scheduler_name!r} is not a supported Fooocus scheduler; "
+                                          f"one of {sorted(SCHEDULES)}")
     try:
-        cls, options = samplers.resolve(SAMPLERS.get(req.sampler_name, req.sampler_name),
-                                        SCHEDULES.get(req.scheduler_name, req.scheduler_name))
+        chosen = samplers.resolve(SAMPLERS.get(req.sampler_name, req.sampler_name),
+                                  SCHEDULES.get(req.scheduler_name, req.scheduler_name))
         native_req = native.GenerateRequest.model_validate(body, context=config)
     except ValidationError as e:
         raise ApiError(422, _renamed(validation.detail(e), req)) from None
-    except ApiError as e:
-        field = "scheduler_name" if "schedule" in str(e.detail) else "sampler_name"
-        raise invalid([field], f"{getattr(req, field)!r} is not a supported Fooocus {field[:-5]}; "
-                               f"one of {sorted(SAMPLERS if field == 'sampler_name' else SCHEDULES)}") from None
+    except ApiError:
+        raise invalid(["sampler_name"], f"{req.sampler_name!r} is not a supported Fooocus sampler; "
+                                        f"one of {sorted(SAMPLERS)}") from None
+    cls, options = chosen.scheduler, chosen.options
     upscale = UPSCALE.get(req.uov_method, 0)
     if req.uov_method in UPSCALE:
         spec = await _upscale_spec(ctx, req, upscale or req.upscale_multiple)
@@ -343,8 +347,11 @@ def req_params(req: GenerateRequest, spec, file_url: FileUrl) -> dict:
             response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
             errors=(401, 422, 500, 504))
 async def generate(request: web.Request) -> web.StreamResponse:
-    """POST /v1/engine/generate/: async_process → the task object now; stream_output → `data:` lines
-    until "Finished"; neither → the image itself (image_number forced to 1)."""
+    """POST /v1/engine/generate/: stream_output (checked first, as FooocusAPI) → `data:` lines until
+    "Finished"; async_process → the task object now; neither → the image itself (image_number forced
+    to 1; `Accept: image/png|jpeg|webp` picks its format), or with fooocus.sync_reply "json" and no image
+    type in Accept, the finished task object. Image fields take base64, data URIs or http(s) URLs
+    (fetched under the webhook address rules); "None" or "" means no image."""
     ctx = request.app[CTX]
     who = principal(request)
     raw = await validation.read_json(request)
@@ -359,17 +366,35 @@ async def generate(request: web.Request) -> web.StreamResponse:
         except ValueError as e:
             raise invalid(["webhook_url"], str(e)) from None
         await validation.webhook_target(webhook, "webhook_url", ctx.config)
-    binary = not req.async_process and not req.stream_output
+    accept = _accepted_image(request.headers.get("Accept", ""))
+    binary = not req.stream_output and not req.async_process and (
+        accept is not None or ctx.config.fooocus.sync_reply == "binary")
     if binary:
         req.image_number = 1
+        if accept is not None:
+            req.output_format = accept
+    for field in IMAGE_FIELDS:
+        if fetch.is_url(getattr(req, field)):
+            setattr(req, field, await fetch.image_url(getattr(req, field), field, ctx.config))
     file_url = ctx.file_urls(request)
     spec, params = await build(ctx, req, file_url)
     record = await ctx.tasks.submit(spec, who, dialect=DIALECT, callback_url=webhook, request=params)
+    if req.stream_output:  # FooocusAPI checks stream_output first
+        return await _stream(request, who, record, req)
     if req.async_process:
         return web.json_response(task_object(record, file_url))
-    if req.stream_output:
-        return await _stream(request, who, record, req)
-    return await _binary(ctx, who, record)
+    if binary:
+        return await _binary(ctx, who, record)
+    return web.json_response(await _view(ctx, await ctx.tasks.wait(record.task_id, who), file_url))
+
+
+def _accepted_image(accept: str) -> str | None:
+    """The output format an `Accept: image/png|jpeg|webp` header asks for (the first listed)."""
+    for part in accept.split(","):
+        found = ACCEPTED_IMAGES.get(part.split(";")[0].strip().lower())
+        if found:
+            return found
+    return None
 
 
 async def _binary(ctx, who: Principal, record: TaskRecord) -> web.Response:

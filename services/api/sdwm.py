@@ -46,9 +46,16 @@ def error_shape(status: int, detail) -> dict:
     return envelope(CODE_FOR_STATUS.get(status, INTERNAL_ERROR), _words(detail))
 
 
+# Native field names in an error, as the sd_work_manager request named them.
+FIELD_NAMES = {"num_inference_steps": "steps", "guidance_scale": "scale", "num_images": "count", "prompt": "prompts",
+               "negative_prompt": "negativePrompts", "init_image": "initialImages", "strength": "denoise",
+               "model": "module"}
+
+
 def _words(detail) -> str:
     if isinstance(detail, list):
-        return "; ".join(": ".join(filter(None, (".".join(str(p) for p in d["loc"][1:]), d["msg"]))) for d in detail)
+        return "; ".join(": ".join(filter(None, (".".join(FIELD_NAMES.get(str(p), str(p)) for p in d["loc"][1:]),
+                                                 d["msg"]))) for d in detail)
     return str(detail)
 
 
