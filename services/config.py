@@ -195,6 +195,8 @@ class WorkerConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ack_wait_s: Seconds = 30.0  # a job not heartbeated for this long goes to another worker
     max_deliver: Positive = 3  # attempts before a job ends failed
+    retry_delay_s: Seconds = 2.0  # wait before a transiently failed job's next attempt, doubled per attempt
+    retry_delay_max_s: Seconds = 60.0  # ... up to this
     announce_every_s: Seconds = 5.0
     max_loaded_models: Positive = 2  # pipelines kept loaded; the least recently used goes first
     max_loaded_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None  # and their weights' size

@@ -8,7 +8,7 @@ from schemas import subjects
 from schemas.codec import encode
 from schemas.events import CancelRequested
 from services import bus
-from services.worker.jobloop import Cancels
+from services.worker.cancels import Cancels
 
 
 async def until(condition, timeout: float = 5.0) -> None:

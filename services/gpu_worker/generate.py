@@ -5,17 +5,14 @@ from collections.abc import Callable
 from PIL import Image
 
 from schemas.jobs import SCHEDULERS, HiresFix, Img2Img, Inpaint, InpaintFill, JobSpec, Txt2Img
+from services.worker.outcomes import BadInput, Stopped
 
 from . import inpaint as inpainting
 from . import prompts as prompts_syntax
 
 
-class GenerationError(Exception):
+class GenerationError(BadInput):
     """The job cannot be done as asked (bad parameters that slipped past the API): fail, do not retry."""
-
-
-class Stopped(Exception):
-    """Generation stopped between steps because `on_step` asked it to (cancel or shutdown)."""
 
 
 # on_step(index, timesteps, latents) -> True to stop. `index` counts scheduler callbacks, of which

@@ -7,15 +7,12 @@ from collections.abc import Callable
 from PIL import Image
 
 from services.config import UpscalerConfig
+from services.worker.outcomes import Stopped
 
 from .models import RESAMPLING, UpscalerRegistry
 from .tiling import upscale_tiled
 
 TileCallback = Callable[[int, int], bool]  # (tiles done, tiles in all) -> True to stop
-
-
-class Stopped(Exception):
-    pass
 
 
 def passes(scale: float, model_scale: int) -> int:
