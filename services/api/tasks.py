@@ -14,21 +14,12 @@ from nats.js.errors import APIError, NotFoundError
 
 from schemas import subjects
 from schemas.codec import decode, decode_event, encode
-from schemas.events import (
-    TERMINAL_WEBHOOK_EVENTS,
-    Accepted,
-    Cancelled,
-    CancelRequested,
-    Deleted,
-    Failed,
-    Progress,
-    TaskStatus,
-    WebhookEvent,
-)
+from schemas.events import TERMINAL_WEBHOOK_EVENTS, Accepted, Progress, TaskStatus, WebhookEvent
 from schemas.jobs import Job, JobSpec, job_subject, stages
 from schemas.queries import TaskGet, TaskList, TaskPage, TaskRecord, TaskReply
 from schemas.subjects import Priority
 from services import bus, metrics, storage, taskstate, telemetry
+from services.taskevents import TaskEvents
 from services.config import Config
 
 from .auth import Principal
@@ -122,6 +113,7 @@ class Tasks:
                             priority=priority, dialect=dialect, callback_url=callback_url, request=request,
                             webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
         job = self._job(task_id, spec, priority, principal.owner)
+        events = TaskEvents(self.nc, task_id, js=self.js, kind=metrics.kind(spec))
         await self.quotas.check(principal)  # 429 over a quota: nothing is published
         with telemetry.span("publish", task_id=task_id, subject=job_subject(job)), self.quotas.submitting(principal):
             try:
@@ -135,10 +127,9 @@ class Tasks:
                 await self._queue(job)
             except Exception as e:  # noqa: BLE001 - storage or queue failed: the task must not stay pending
                 log.error("task %s accepted but not queued: %s", task_id, e)
-                await bus.publish_event(self.js, Failed(task_id=task_id, at=time.time(),
-                                                        error="the job could not be queued"))
+                await events.failed("the job could not be queued")
                 raise ApiError(503, f"job queue unavailable: {e}") from e
-        metrics.TASKS_ACCEPTED.labels(metrics.kind(spec)).inc()
+        events.queued()
         return taskstate.apply(None, accepted, ack.seq)
 
     async def _existing(self, principal: Principal, idempotency_key: str | None) -> TaskRecord | None:
@@ -228,7 +219,7 @@ class Tasks:
         record = await self.get(task_id, principal)
         if not record.status.is_terminal():
             raise ApiError(409, f"Task is {record.status.value}; cancel it before deleting it")
-        await bus.publish_event(self.js, Deleted(task_id=task_id, at=time.time(), by=principal.owner))
+        await TaskEvents(self.nc, task_id, js=self.js).deleted(principal.owner)
         for image in record.images:
             await self.storage.delete(image.key)
         if len(stages(record.spec)) > 1:  # images handed between stages (a hires fix) go too
@@ -241,14 +232,11 @@ class Tasks:
         record = await self.get(task_id, principal)
         if record.status.is_terminal():
             raise ApiError(409, f"Task already {record.status.value}")
-        request = CancelRequested(task_id=task_id, at=time.time(), by=principal.owner)
-        cancels = await self.js.key_value(subjects.CANCEL_BUCKET)
-        await cancels.put(task_id, encode(request))
-        await bus.publish_event(self.js, request)
-        record = taskstate.apply(record, request)
+        events = TaskEvents(self.nc, task_id, js=self.js, kind=metrics.kind(record.spec))
+        record = taskstate.apply(record, await events.cancel_requested(principal.owner))
         if record.status is TaskStatus.PENDING:
-            cancelled = Cancelled(task_id=task_id, at=time.time())
-            if (await bus.publish_event(self.js, cancelled)).duplicate:  # it finished meanwhile
+            cancelled, stored = await events.cancelled()
+            if not stored:  # it finished meanwhile
                 return await self.get(task_id, principal)
             record = taskstate.apply(record, cancelled)
         return record

@@ -14,17 +14,9 @@ from standardwebhooks.webhooks import Webhook
 
 from schemas import subjects
 from schemas.codec import decode, decode_event
-from schemas.events import (
-    Accepted,
-    Progress,
-    Started,
-    TaskStatus,
-    WebhookAttempt,
-    WebhookDelivered,
-    WebhookEvent,
-    WebhookFailed,
-)
+from schemas.events import Accepted, Progress, Started, TaskStatus, WebhookEvent
 from services import bus, lifecycle, metrics, storage, telemetry, webhook_targets
+from services.taskevents import TaskEvents
 from services.config import Config, ConfigError
 from services.lifecycle import stop_event
 
@@ -220,15 +212,12 @@ class Notifier:
         webhook_id = f"msg_{event.task_id}_{about.value}"
         attempt_no = msg.metadata.num_delivered
         attempt = await self._post(accepted, webhook_id, body)
-        await bus.publish_event(self.js, WebhookAttempt(
-            task_id=event.task_id, at=time.time(), about=about, webhook_id=webhook_id, attempt=attempt_no,
-            status_code=attempt.status, latency_ms=attempt.latency_ms, error=attempt.error), about.value, attempt_no)
+        events = TaskEvents(self.nc, event.task_id, js=self.js)
+        await events.webhook_attempt(about, webhook_id, attempt_no, status_code=attempt.status,
+                                     latency_ms=attempt.latency_ms, error=attempt.error)
         result = backoff.outcome(attempt.status)
         if result is backoff.Outcome.DELIVERED:
-            metrics.WEBHOOK_ATTEMPTS.labels("delivered").inc()
-            await bus.publish_event(self.js, WebhookDelivered(
-                task_id=event.task_id, at=time.time(), about=about, webhook_id=webhook_id, attempts=attempt_no),
-                about.value)
+            await events.webhook_delivered(about, webhook_id, attempt_no)
             await msg.ack()
             return
         terminal = about not in (WebhookEvent.STARTED, WebhookEvent.PROGRESS)
@@ -236,13 +225,10 @@ class Notifier:
         if result is backoff.Outcome.RETRY and terminal and not attempt.blocked:
             delay = backoff.retry_delay(attempt_no, self.config.notifier.retry_schedule_s, attempt.retry_after_s)
         if delay is not None:
-            metrics.WEBHOOK_ATTEMPTS.labels("retry").inc()
+            events.webhook_retry(about, delay)
             await msg.nak(delay=delay)
             return
-        metrics.WEBHOOK_ATTEMPTS.labels("failed").inc()
-        await bus.publish_event(self.js, WebhookFailed(
-            task_id=event.task_id, at=time.time(), about=about, webhook_id=webhook_id, attempts=attempt_no,
-            error=attempt.error or f"HTTP {attempt.status}"), about.value)
+        await events.webhook_failed(about, webhook_id, attempt_no, attempt.error or f"HTTP {attempt.status}")
         await msg.term()
 
     async def _post(self, accepted: Accepted, webhook_id: str, body: dict) -> Attempt:
