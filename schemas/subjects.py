@@ -135,6 +135,11 @@ def streams(retention_days: float) -> tuple[StreamSpec, ...]:
     )
 
 
+def stream_info_api(stream: str) -> str:
+    """JetStream's API subject that answers a stream's info (its state: messages, last sequence)."""
+    return f"$JS.API.STREAM.INFO.{stream}"
+
+
 def max_deliveries_advisory(stream: str, consumer: str = "*") -> str:
     """Published by JetStream when a message used up a consumer's max_deliver."""
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
