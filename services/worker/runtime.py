@@ -92,10 +92,10 @@ class Runtime:
     # --- the loop
     async def run(self, service: WorkerService, stop: asyncio.Event) -> None:
         self.loop = asyncio.get_running_loop()
-        await service.prepare()
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(self.encoder.shutdown, wait=True)
             stack.callback(self.executor.shutdown, wait=True, cancel_futures=True)
+            await service.prepare()
             await self.cancels.start(self.nc, self.js)
             stack.push_async_callback(self.cancels.stop)
             kv = await self.js.key_value(subjects.WORKERS_BUCKET)
