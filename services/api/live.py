@@ -8,7 +8,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import msgspec
 from aiohttp import WSMsgType, web
@@ -168,96 +168,105 @@ async def sse(request: web.Request, principal, view: Callable[[TaskRecord], dict
         await events.aclose()
 
 
-@dataclass
-class _Watch:
-    relays: dict[str, Relay] = field(default_factory=dict)
-    subs: list = field(default_factory=list)
-    everything: bool = False
+class WatchSession:
+    """One WebSocket connection's watch over tasks. Commands come as text frames:
+    {"subscribe": ["<task_id>", ...]} or {"subscribe": "all"} (every task of this key from now on),
+    optionally "previews": false and "images": true (completed events then carry the images, base64,
+    beside their URLs). Each task's Outs go out as {"event", "task_id", "id", "data"} through
+    `socket.send_json`; NATS messages are queued and relayed in order by `pump`."""
 
+    def __init__(self, socket, tasks, principal, view: Callable[[TaskRecord], dict]):
+        self.socket, self.tasks, self.principal, self.view = socket, tasks, principal, view
+        self.relays: dict[str, Relay] = {}
+        self.subs: list = []
+        self.everything = False
+        self.previews, self.images = True, False
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.pumping: asyncio.Task | None = None
 
-async def websocket(request: web.Request, principal, view: Callable[[TaskRecord], dict]) -> web.WebSocketResponse:
-    """GET …/ws. Send {"subscribe": ["<task_id>", ...]} or {"subscribe": "all"} (every task of this
-    key from now on), optionally "previews": false and "images": true (completed events then carry the
-    images, base64, beside their URLs); receive {"event", "task_id", "id", "data"}."""
-    ctx = request.app[CTX]
-    ws = web.WebSocketResponse(heartbeat=KEEPALIVE_S)
-    await ws.prepare(request)
-    queue: asyncio.Queue = asyncio.Queue()
-    watch = _Watch()
-    previews, images = True, False
+    async def __aenter__(self) -> "WatchSession":
+        self.pumping = asyncio.create_task(self.pump())
+        return self
 
-    async def send(task_id: str, outs: list[Out]) -> None:
-        for out in outs:
-            data = out.data
-            if images and out.name == TaskStatus.COMPLETED.value:  # the images themselves, base64
-                stored = await asyncio.gather(*(ctx.tasks.storage.get(image.key)
-                                                for image in watch.relays[task_id].record.images))
-                data = {**data, "images": [base64.b64encode(b or b"").decode() for b in stored]}
-            await ws.send_json({"event": out.name, "task_id": task_id, "id": out.id, "data": data})
+    async def __aexit__(self, *exc) -> None:
+        self.pumping.cancel()
+        for sub in self.subs:
+            await sub.unsubscribe()
 
-    async def follow(task_id: str, accepted: TaskRecord | None = None) -> None:
+    async def command(self, text: str) -> None:
+        try:
+            command = json.loads(text)
+            wanted = command["subscribe"]
+            if not (wanted == "all" or isinstance(wanted, str) or isinstance(wanted, list)
+                    and all(isinstance(task_id, str) for task_id in wanted)):
+                raise TypeError("task ids are strings")
+        except (ValueError, KeyError, TypeError, RecursionError):
+            await self.socket.send_json({"event": "error", "data": {"detail": 'expected {"subscribe": [...]}'}})
+            return
+        self.previews = bool(command.get("previews", self.previews))
+        self.images = bool(command.get("images", self.images))
+        if wanted == "all":
+            if not self.everything:
+                self.everything = True
+                self.subs.append(await self.tasks.nc.subscribe(subjects.progress("*"), cb=self.queue.put))
+                self.subs.append(await self.tasks.nc.subscribe(subjects.ALL_TASK_EVENTS, cb=self.queue.put))
+            return
+        for task_id in wanted if isinstance(wanted, list) else [wanted]:
+            if not self.everything and task_id not in self.relays and subjects.is_valid_task_id(task_id):
+                self.subs += await _subscribe(self.tasks.nc, task_id, self.queue)
+            await self.follow(str(task_id))
+
+    async def follow(self, task_id: str, accepted: TaskRecord | None = None) -> None:
         """Start relaying a task: one asked for, or (`accepted`) one just accepted, with no progress yet."""
-        if task_id in watch.relays:
+        if task_id in self.relays:
             return
         record = accepted
         if record is None:
             try:
-                record = await ctx.tasks.get(task_id, principal)
+                record = await self.tasks.get(task_id, self.principal)
             except ApiError as e:
-                await ws.send_json({"event": "error", "task_id": task_id, "data": {"detail": e.detail}})
+                await self.socket.send_json({"event": "error", "task_id": task_id, "data": {"detail": e.detail}})
                 return
-        relay = watch.relays[task_id] = Relay(record, view, previews=previews)
-        await send(task_id, relay.start(None if accepted else await ctx.tasks.last_progress(task_id)))
+        relay = self.relays[task_id] = Relay(record, self.view, previews=self.previews)
+        await self.send(task_id, relay.start(None if accepted else await self.tasks.last_progress(task_id)))
 
-    async def on_nats(msg) -> None:
+    async def send(self, task_id: str, outs: list[Out]) -> None:
+        for out in outs:
+            data = out.data
+            if self.images and out.name == TaskStatus.COMPLETED.value:  # the images themselves, base64
+                stored = await asyncio.gather(*(self.tasks.storage.get(image.key)
+                                                for image in self.relays[task_id].record.images))
+                data = {**data, "images": [base64.b64encode(b or b"").decode() for b in stored]}
+            await self.socket.send_json({"event": out.name, "task_id": task_id, "id": out.id, "data": data})
+
+    async def on_nats(self, msg) -> None:
         task_id = msg.subject.split(".")[1]
-        relay = watch.relays.get(task_id)
-        if relay is None and watch.everything and msg.subject.endswith(".accepted"):
+        relay = self.relays.get(task_id)
+        if relay is None and self.everything and msg.subject == subjects.task_event(task_id, Accepted.name()):
             event = decode_event(msg.data)
-            if isinstance(event, Accepted) and principal.may_see(event.owner):
-                await follow(task_id, taskstate.apply(None, event))
+            if isinstance(event, Accepted) and self.principal.may_see(event.owner):
+                await self.follow(task_id, taskstate.apply(None, event))
             return
         if relay is not None and not relay.done:
-            await send(task_id, relay.on_nats(msg))
-            if relay.done and watch.everything:  # a connection watching everything would keep them all
-                del watch.relays[task_id]
+            await self.send(task_id, relay.on_nats(msg))
+            if relay.done and self.everything:  # a connection watching everything would keep them all
+                del self.relays[task_id]
 
-    async def pump() -> None:
+    async def pump(self) -> None:
         while True:
-            msg = await queue.get()
+            msg = await self.queue.get()
             try:
-                await on_nats(msg)
+                await self.on_nats(msg)
             except (ConnectionResetError, RuntimeError):
                 return
 
-    pumping = asyncio.create_task(pump())
-    try:
+
+async def websocket(request: web.Request, principal, view: Callable[[TaskRecord], dict]) -> web.WebSocketResponse:
+    """GET …/ws: a WatchSession over a WebSocket."""
+    ws = web.WebSocketResponse(heartbeat=KEEPALIVE_S)
+    await ws.prepare(request)
+    async with WatchSession(ws, request.app[CTX].tasks, principal, view) as session:
         async for frame in ws:
-            if frame.type != WSMsgType.TEXT:
-                continue
-            try:
-                command = json.loads(frame.data)
-                wanted = command["subscribe"]
-                if not (wanted == "all" or isinstance(wanted, str) or isinstance(wanted, list)
-                        and all(isinstance(task_id, str) for task_id in wanted)):
-                    raise TypeError("task ids are strings")
-            except (ValueError, KeyError, TypeError, RecursionError):
-                await ws.send_json({"event": "error", "data": {"detail": 'expected {"subscribe": [...]}'}})
-                continue
-            previews = bool(command.get("previews", previews))
-            images = bool(command.get("images", images))
-            if wanted == "all":
-                if not watch.everything:
-                    watch.everything = True
-                    watch.subs.append(await ctx.tasks.nc.subscribe(subjects.progress("*"), cb=queue.put))
-                    watch.subs.append(await ctx.tasks.nc.subscribe(subjects.ALL_TASK_EVENTS, cb=queue.put))
-                continue
-            for task_id in wanted if isinstance(wanted, list) else [wanted]:
-                if not watch.everything and task_id not in watch.relays and subjects.is_valid_task_id(task_id):
-                    watch.subs += await _subscribe(ctx.tasks.nc, task_id, queue)
-                await follow(str(task_id))
-    finally:
-        pumping.cancel()
-        for sub in watch.subs:
-            await sub.unsubscribe()
+            if frame.type == WSMsgType.TEXT:
+                await session.command(frame.data)
     return ws
