@@ -6,8 +6,8 @@ import os
 import sys
 
 from .. import metrics, telemetry
-from ..config import ConfigError, load
-from ..storage import StorageError
+from ..config import load
+from . import errors
 
 SERVICE_COMMANDS = ("up", "api", "gpu-worker", "upscaler", "projector", "notifier")
 
@@ -49,70 +49,77 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def demo_model(args) -> int:
+    from ..gpu_worker import demo_model
+
+    print(demo_model.ensure(args.path, args.seed))
+    return 0
+
+
+def demo_checkpoint(args) -> int:
+    from ..gpu_worker import checkpoint
+
+    print(checkpoint.write(args.model, args.path))
+    return 0
+
+
+def demo_loras(args) -> int:
+    from ..gpu_worker import demo_model
+
+    print("\n".join(map(str, demo_model.build_loras(args.model, args.path))))
+    return 0
+
+
+def demo_upscalers(args) -> int:
+    from ..upscaler import demo_models
+
+    print("\n".join(map(str, demo_models.build(args.path))))
+    return 0
+
+
+def service_main(command: str):
+    """The `main(config, **options)` of a service package, imported when it runs."""
+    import importlib
+
+    module = {"gpu-worker": "gpu_worker"}.get(command, command)
+    return importlib.import_module(f"..{module}", __package__).main
+
+
+def run_configured(args) -> int:
+    """Commands that need the config: the client, `up`, and one service."""
+    nats_url = getattr(args, "nats", None)
+    config = load(args.config, **({"nats": nats_override(nats_url)} if nats_url else {}))
+    if args.command == "generate":
+        from . import client
+
+        return client.main(args, config)
+    if args.command == "up":
+        from .up import up
+
+        return up(config)
+    telemetry.setup(args.command)
+    if args.command != "api":  # the API serves /metrics on its own port
+        metrics.serve(config)
+    options = {"rebuild": args.rebuild} if args.command == "projector" else {}
+    service_main(args.command)(config, **options)
+    return 0
+
+
+TOOLS = {"demo-model": demo_model, "demo-checkpoint": demo_checkpoint, "demo-loras": demo_loras,
+         "demo-upscalers": demo_upscalers}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     _quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    if args.command == "demo-model":
-        from ..gpu_worker import demo_model
-
-        print(demo_model.ensure(args.path, args.seed))
-        return 0
-    if args.command == "demo-checkpoint":
-        from ..gpu_worker import checkpoint
-
-        print(checkpoint.write(args.model, args.path))
-        return 0
-    if args.command == "demo-loras":
-        from ..gpu_worker import demo_model
-
-        print("\n".join(map(str, demo_model.build_loras(args.model, args.path))))
-        return 0
-    if args.command == "demo-upscalers":
-        from ..upscaler import demo_models
-
-        print("\n".join(map(str, demo_models.build(args.path))))
-        return 0
     try:
-        nats_url = getattr(args, "nats", None)
-        config = load(args.config, **({"nats": nats_override(nats_url)} if nats_url else {}))
-        if args.command == "generate":
-            from . import client
-
-            return client.main(args, config)
-        if args.command == "up":
-            from .up import up
-
-            return up(config)
-        telemetry.setup(args.command)
-        if args.command != "api":  # the API serves /metrics on its own port
-            metrics.serve(config)
-        if args.command == "api":
-            from .. import api
-
-            api.main(config)
-        elif args.command == "gpu-worker":
-            from .. import gpu_worker
-
-            gpu_worker.main(config)
-        elif args.command == "upscaler":
-            from .. import upscaler
-
-            upscaler.main(config)
-        elif args.command == "notifier":
-            from .. import notifier
-
-            notifier.main(config)
-        elif args.command == "projector":
-            from .. import projector
-
-            projector.main(config, rebuild=args.rebuild)
-    except (ConfigError, StorageError) as e:
-        print(f"diffbus: {e}", file=sys.stderr)
-        return 2
+        with errors.exit_codes(args.command):
+            return TOOLS.get(args.command, run_configured)(args)
+    except errors.Exit as e:
+        return e.code
     finally:
         telemetry.shutdown()
-    return 0
 
 
 def nats_override(value: str) -> dict:
