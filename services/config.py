@@ -86,6 +86,7 @@ class ModelConfig(_Section):
     width: Positive = 512  # default size when a request names none
     height: Positive = 512
     scheduler: str | None = None  # default scheduler class name; None: the model's own
+    family: str | None = None  # sd1 | sdxl ...; None: told from the files (model_index.json, checkpoint keys)
 
 
 class UpscalerModel(_Section):

@@ -9,7 +9,8 @@ from pathlib import Path
 from services import metrics, telemetry
 from services.config import DEMO_MODEL, Config, ModelConfig
 
-from . import demo_model, speed
+from . import demo_model, families, speed
+from .families import LoadedModel
 
 log = logging.getLogger("diffbus.gpu_worker")
 
@@ -46,8 +47,8 @@ class ModelRegistry:
         assert model.name == DEMO_MODEL
         return demo_model.ensure(self.config.data_path / "models" / DEMO_MODEL)
 
-    def pipeline(self, name: str):
-        """The loaded text-to-image pipeline of `name` (blocking: call from the executor)."""
+    def pipeline(self, name: str) -> LoadedModel:
+        """The loaded text-to-image pipeline of `name` with its family (blocking: call from the executor)."""
         if name in self._loaded:
             self._loaded.move_to_end(name)
             metrics.MODEL_CACHE_HITS.labels(name).inc()
@@ -82,28 +83,23 @@ class ModelRegistry:
                 return model
         raise KeyError(f"this worker does not serve model {name!r}")
 
-    def _load(self, model: ModelConfig):
+    def _load(self, model: ModelConfig) -> LoadedModel:
         import torch
-        from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        if model.checkpoint is not None:
-            path = Path(model.checkpoint)
-            pipe = StableDiffusionPipeline.from_single_file(
-                path, config=model.config, local_files_only=True, torch_dtype=dtype, safety_checker=None,
-                requires_safety_checker=False)
-        else:
-            path = self.model_path(model)
-            pipe = AutoPipelineForText2Image.from_pretrained(
-                path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
+        checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
+        folder = None if checkpoint is not None else self.model_path(model)
+        family = families.detect(folder, checkpoint, model.family)
+        pipe = family.load(folder, checkpoint, None if model.config is None else Path(model.config), dtype)
         pipe.to(self.device)
         speed.apply(pipe, self.config.worker)
-        log.info("loaded model %s from %s on %s (%s)", model.name, path, self.device, dtype)
-        return pipe
+        log.info("loaded %s model %s from %s on %s (%s)", family.name, model.name, checkpoint or folder,
+                 self.device, dtype)
+        return LoadedModel(model.name, pipe, family)
 
 
-def weight_bytes(pipe) -> int:
-    return sum(p.numel() * p.element_size() for component in pipe.components.values()
+def weight_bytes(model: LoadedModel) -> int:
+    return sum(p.numel() * p.element_size() for component in model.pipe.components.values()
                if hasattr(component, "parameters") for p in component.parameters())
