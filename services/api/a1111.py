@@ -5,6 +5,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 import uuid
 
@@ -157,7 +158,7 @@ def _unsupported(req: A1111Request) -> None:
 
 def native_request(req: A1111Request, owner_options: dict, init_image: str | None) -> dict:
     """The same request in the native dialect's terms (img2img: init_image, already resized)."""
-    model = req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint")
+    model = model_name(req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint"))
     body = {
         "prompt": req.prompt or " ", "negative_prompt": req.negative_prompt, "seed": req.seed,
         "num_inference_steps": req.steps, "guidance_scale": req.cfg_scale, "width": req.width,
@@ -315,7 +316,9 @@ async def options(request: web.Request) -> web.Response:
         body = await validation.read_json(request)
         if not isinstance(body, dict):
             raise invalid([], "expected an object of options")
-        model = body.get("sd_model_checkpoint")
+        model = model_name(body.get("sd_model_checkpoint"))
+        if model is not None:
+            body["sd_model_checkpoint"] = model
         if model is not None and ctx.config.model(model) is None:
             raise invalid(["sd_model_checkpoint"], f"unknown model {model!r}")
         stored.update(body)
@@ -329,10 +332,22 @@ async def options(request: web.Request) -> web.Response:
 @DOCS.route("GET", PREFIX + "sd-models", "The configured models", response=list[SdModel], errors=(401,))
 async def sd_models(request: web.Request) -> web.Response:
     principal(request)
-    return web.json_response([
-        {"title": m.name, "model_name": m.name, "hash": None, "sha256": None,
-         "filename": m.checkpoint or m.path or m.name, "config": m.config}
-        for m in request.app[CTX].config.models])
+    ctx = request.app[CTX]
+    return web.json_response([sd_model(m, ctx.workers.model_info(m.name)) for m in ctx.config.models])
+
+
+def model_name(title):
+    """A model named by its A1111 title ("name [short hash]", what clients read from sd-models) or name."""
+    return re.sub(r" \[[0-9a-f]{10}\]$", "", title) if isinstance(title, str) else title
+
+
+def sd_model(m, info) -> dict:
+    """One /sdapi/v1/sd-models entry: A1111's title carries the short hash (sha256, 10 digits) of a
+    checkpoint file; diffbus adds the family and the native size a worker serving it announced."""
+    short = info and info.sha256 and info.sha256[:10]
+    return {"title": f"{m.name} [{short}]" if short else m.name, "model_name": m.name, "hash": short,
+            "sha256": info and info.sha256, "filename": m.checkpoint or m.path or m.name, "config": m.config,
+            "family": info and info.family, "width": info and info.width, "height": info and info.height}
 
 
 @DOCS.route("GET", PREFIX + "samplers", "Sampler names", response=list[Sampler], errors=(401,))

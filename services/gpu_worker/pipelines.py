@@ -2,11 +2,13 @@
 bounded by count and by the size of their weights."""
 
 import gc
+import hashlib
 import logging
 from collections import OrderedDict
 from pathlib import Path
 
 from services import metrics, telemetry
+from schemas.workers import ModelInfo
 from services.config import DEMO_MODEL, Config, ModelConfig
 
 from . import demo_model, families, speed
@@ -35,6 +37,8 @@ class ModelRegistry:
         self.served: list[ModelConfig] = [m for m in config.models if m.name in wanted]
         self.device = pick_device(config.worker.device)
         self._loaded: OrderedDict[str, object] = OrderedDict()  # least recently used first
+        self.described: dict[str, ModelInfo] = {}
+        self._hashes = FileHashes()
 
     @property
     def loaded(self) -> list[str]:
@@ -46,6 +50,19 @@ class ModelRegistry:
             return Path(model.path)
         assert model.name == DEMO_MODEL
         return demo_model.ensure(self.config.data_path / "models" / DEMO_MODEL)
+
+    def describe(self) -> dict[str, ModelInfo]:
+        """Family, default size and checkpoint hash of every served model, from its files (blocking:
+        a checkpoint is hashed once, then again only when its size or time changes)."""
+        for model in self.served:
+            checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
+            folder = None if checkpoint is not None else self.model_path(model)
+            family = families.detect(folder, checkpoint, model.family)
+            native = family.native_size
+            self.described[model.name] = ModelInfo(
+                family=family.name, width=model.width or native[0], height=model.height or native[1],
+                sha256=None if checkpoint is None else self._hashes.sha256(checkpoint))
+        return self.described
 
     def pipeline(self, name: str) -> LoadedModel:
         """The loaded text-to-image pipeline of `name` with its family (blocking: call from the executor)."""
@@ -92,12 +109,57 @@ class ModelRegistry:
         checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
         folder = None if checkpoint is not None else self.model_path(model)
         family = families.detect(folder, checkpoint, model.family)
-        pipe = family.load(folder, checkpoint, None if model.config is None else Path(model.config), dtype)
-        pipe.to(self.device)
+        config_folder = None if model.config is None else Path(model.config)
+        pipe = family.load(folder, checkpoint, config_folder, dtype)
+        if model.vae is not None:
+            pipe.vae = load_vae(Path(model.vae), config_folder or folder, dtype)
+        self._place(pipe)
         speed.apply(pipe, self.config.worker)
         log.info("loaded %s model %s from %s on %s (%s)", family.name, model.name, checkpoint or folder,
                  self.device, dtype)
         return LoadedModel(model.name, pipe, family)
+
+
+    def _place(self, pipe) -> None:
+        """On the device, or offloaded to it part by part (worker.offload, CUDA only); VAE tiling."""
+        offload = self.config.worker.offload
+        if offload == "none" or not self.device.startswith("cuda"):
+            pipe.to(self.device)
+        elif offload == "model":
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        if self.config.worker.vae_tiling:
+            pipe.vae.enable_tiling()
+
+
+class FileHashes:
+    """sha256 of files, computed again only when a file's size or modification time changes."""
+
+    def __init__(self):
+        self._known: dict[Path, tuple[float, int, str]] = {}
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        cached = self._known.get(path)
+        if cached is None or cached[:2] != (stat.st_mtime, stat.st_size):
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                while block := f.read(1 << 24):
+                    digest.update(block)
+            self._known[path] = cached = (stat.st_mtime, stat.st_size, digest.hexdigest())
+        return cached[2]
+
+
+def load_vae(path: Path, config_folder: Path, dtype):
+    """A VAE named in config: a diffusers folder, or one .safetensors file read with the model's own
+    VAE config. Its config's force_upcast says whether diffusers decodes it in fp32 under fp16."""
+    from diffusers import AutoencoderKL
+
+    if path.is_dir():
+        return AutoencoderKL.from_pretrained(path, torch_dtype=dtype)
+    return AutoencoderKL.from_single_file(path, config=str(config_folder), subfolder="vae", local_files_only=True,
+                                          torch_dtype=dtype)
 
 
 def weight_bytes(model: LoadedModel) -> int:

@@ -41,6 +41,7 @@ class GpuWorker(JobWorker):
                 for priority in PRIORITY_ORDER for model in self.registry.served]
 
     async def prepare(self) -> None:
+        await self.loop.run_in_executor(self.executor, self.registry.describe)
         for model in self.registry.served[:self.config.worker.max_loaded_models]:
             await self.loop.run_in_executor(self.executor, self.registry.pipeline, model.name)
 
@@ -48,7 +49,7 @@ class GpuWorker(JobWorker):
         return WorkerAnnouncement(
             worker=self.id, kind=self.kind, models_served=[m.name for m in self.registry.served],
             models_loaded=self.registry.loaded, device=self.registry.device, at=time.time(),
-            loras=self.loras.files())
+            loras=self.loras.files(), models=self.registry.described)
 
     def reporter(self, job: Job, stage: int, total_steps: int, attempt: int, size: tuple[int, int]) -> StepReporter:
         return StepReporter(job.task_id, total_steps, attempt, size, self.config.progress, self.publish_progress,

@@ -107,8 +107,9 @@ class LoadedModel:
 
 def families() -> dict[str, Family]:
     from .sd1 import SD1
+    from .sdxl import SDXL
 
-    return {family.name: family for family in (SD1(),)}
+    return {family.name: family for family in (SD1(), SDXL())}
 
 
 def by_name(name: str) -> Family:
