@@ -2,6 +2,7 @@
 worker's own generation code: what A1111 and Fooocus users check on their SDXL checkpoints."""
 
 import base64
+import contextlib
 import hashlib
 import subprocess
 import sys
@@ -72,16 +73,8 @@ def txt2img(**fields) -> Txt2Img:
 
 def draw(registry, spec, init=None, loras=None, folder=None) -> list[np.ndarray]:
     model = registry.pipeline(spec.model)
-    with (LoraFolder(Path(folder)).applied(model, loras) if loras else _nothing()):
+    with LoraFolder(Path(folder)).applied(model, loras) if loras else contextlib.nullcontext():
         return [np.asarray(image, dtype=int) for image in generate.run(model, spec, init)]
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *_):
-        return False
 
 
 def differs(a, b) -> int:

@@ -342,12 +342,11 @@ def model_name(title):
 
 
 def sd_model(m, info) -> dict:
-    """One /sdapi/v1/sd-models entry: A1111's title carries the short hash (sha256, 10 digits) of a
-    checkpoint file; diffbus adds the family and the native size a worker serving it announced."""
+    """One /sdapi/v1/sd-models entry, A1111's fields only: the title carries the short hash (sha256,
+    10 digits) of a checkpoint file, as a worker serving it announced."""
     short = info and info.sha256 and info.sha256[:10]
     return {"title": f"{m.name} [{short}]" if short else m.name, "model_name": m.name, "hash": short,
-            "sha256": info and info.sha256, "filename": m.checkpoint or m.path or m.name, "config": m.config,
-            "family": info and info.family, "width": info and info.width, "height": info and info.height}
+            "sha256": info and info.sha256, "filename": m.checkpoint or m.path or m.name, "config": m.config}
 
 
 @DOCS.route("GET", PREFIX + "samplers", "Sampler names", response=list[Sampler], errors=(401,))

@@ -45,9 +45,6 @@ class SdModel(msgspec.Struct):
     sha256: str | None
     filename: str
     config: str | None
-    family: str | None = None  # diffbus: sd1 | sdxl ...; None until a worker serving the model has announced
-    width: int | None = None  # diffbus: the model's default size
-    height: int | None = None
 
 
 class Sampler(msgspec.Struct):

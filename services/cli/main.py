@@ -79,11 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo-loras":
         from ..gpu_worker import demo_model
 
-        from ..gpu_worker import demo_families, families
+        from ..gpu_worker import demo_families
 
-        family = families.of_folder(Path(args.model)).name
-        build = demo_families.build_sdxl_loras if family == "sdxl" else demo_model.build_loras
-        print("\n".join(map(str, build(args.model, args.path))))
+        print("\n".join(map(str, demo_families.build_loras(Path(args.model), Path(args.path)))))
         return 0
     if args.command == "demo-upscalers":
         from ..upscaler import demo_models

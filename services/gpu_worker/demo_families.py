@@ -128,3 +128,11 @@ def build_sdxl_loras(model: Path, folder: Path) -> list[Path]:
     StableDiffusionXLPipeline.save_lora_weights(folder, safe_serialization=True, weight_name="demo-style.safetensors",
                                                **layers)
     return [folder / f"{name}.safetensors" for name in ("demo-style", "demo-kohya", "demo-mismatch")]
+
+
+def build_loras(model: Path, folder: Path) -> list[Path]:
+    """Random LoRAs for a demo model of any family, in the formats users have."""
+    from . import demo_model, families
+
+    builders = {"sd1": demo_model.build_loras, "sdxl": build_sdxl_loras}
+    return builders[families.of_folder(model).name](model, folder)
