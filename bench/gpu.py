@@ -131,7 +131,7 @@ class FamilyRun:
         if self.path is not None:
             config = load(environ={}, data_dir=str(self.tmp / "data"), worker={"device": self.device, **settings},
                           models=[{"name": self.family.name, "path": str(self.path)}])
-            return ModelRegistry(config).pipeline(self.family.name)
+            return ModelRegistry(config).pipeline(self.family.name).pipe  # the diffusers pipeline of its LoadedModel
         torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as tok:
             pipe = self.family.build(self.args.tiny, Path(tok), self.device)

@@ -64,6 +64,7 @@ class GenerationSpec(msgspec.Struct, kw_only=True, tag_field="kind"):
     loras: list[LoraRef] = []
     seed_increment: bool = True  # False: every image uses `seed` (Fooocus's disable_seed_increment)
     metadata: str | None = "a1111"  # parameters written into each image: a1111 | fooocus | None
+    model_hash: str | None = None  # A1111's short hash of a single-file checkpoint (10 hex digits of its sha256)
 
     @property
     def seeds(self) -> list[int]:

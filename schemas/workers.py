@@ -5,6 +5,15 @@ import msgspec
 from .jobs import SCHEMA_VERSION
 
 
+class ModelInfo(msgspec.Struct, kw_only=True):
+    """What a gpu worker tells of a model it serves, read from its files."""
+
+    family: str  # sd1 | sdxl ...
+    width: int  # the size a request without one gets: config's, else the family's native size
+    height: int
+    sha256: str | None = None  # of a single-file checkpoint; A1111's short hash is its first 10 digits
+
+
 class WorkerAnnouncement(msgspec.Struct, kw_only=True):
     worker: str
     kind: str  # "gpu" | "upscale"
@@ -13,4 +22,5 @@ class WorkerAnnouncement(msgspec.Struct, kw_only=True):
     device: str
     at: float
     loras: dict[str, str] = {}  # LoRA name -> sha256 of its file
+    models: dict[str, ModelInfo] = {}  # served model name -> what its files say
     schema_version: int = SCHEMA_VERSION

@@ -123,9 +123,13 @@ class ModelConfig(_Section):
     path: str | None = None  # diffusers folder; None only for the built-in `demo` model or a checkpoint
     checkpoint: str | None = None  # a single-file .safetensors checkpoint (A1111 / original layout) ...
     config: str | None = None  # ... with a local diffusers folder of the same architecture for its configs
-    width: Positive = 512  # default size when a request names none
-    height: Positive = 512
+    width: Positive | None = None  # default size when a request names none; None: the family's native size
+    height: Positive | None = None
     scheduler: str | None = None  # default scheduler class name; None: the model's own
+    # None: told from the files (model_index.json, a checkpoint's tensor names); one module per family
+    # in services/gpu_worker/families
+    family: Literal["sd1", "sdxl"] | None = None
+    vae: str | None = None  # another VAE (a diffusers folder or one .safetensors), e.g. an fp16-safe SDXL VAE
 
 
 class UpscalerModel(_Section):
@@ -209,6 +213,11 @@ class WorkerConfig(_Section):
     fuse_qkv: bool = False  # one matmul for each attention's query, key and value projections
     attention: Literal["sdpa", "classic"] = "sdpa"  # classic: explicit matmul-softmax-matmul, no fused kernel
     vae_decode: Literal["batch", "per_image"] = "batch"  # per_image: VAE slicing, less memory, slower
+
+    # CUDA memory: none keeps every model on the GPU; model moves each part (UNet, text encoders, VAE) to
+    # the GPU while it runs; sequential moves layer by layer (slowest, for GPUs far smaller than the model)
+    offload: Literal["none", "model", "sequential"] = "none"
+    vae_tiling: bool = False  # decode large images tile by tile (flat VAE memory, faint seams possible)
 
     def __post_init__(self) -> None:
         if self.fuse_qkv and self.attention == "classic":

@@ -26,6 +26,7 @@ def infotext(spec: JobSpec, seed: int) -> str:
         "CFG scale": spec.guidance_scale,
         "Seed": seed,
         "Size": f"{spec.width}x{spec.height}",
+        **({"Model hash": spec.model_hash} if getattr(spec, "model_hash", None) else {}),
         "Model": spec.model,
     }
     if hasattr(spec, "strength"):

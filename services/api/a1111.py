@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 import time
 import uuid
 
@@ -173,9 +174,14 @@ def _unsupported(req: A1111Request) -> None:
         raise invalid(["resize_mode"], f"resize_mode must be one of {sorted(RESIZE_MODES)}")
 
 
+def model_name(title):
+    """A model named by its A1111 title ("name [short hash]", what clients read from sd-models) or name."""
+    return re.sub(r" \[[0-9a-f]{10}\]$", "", title) if isinstance(title, str) else title
+
+
 def native_request(req: A1111Request, owner_options: dict, init_image: str | None, config) -> dict:
     """The same request in the native dialect's terms (img2img: init_image, already resized)."""
-    model = req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint")
+    model = model_name(req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint"))
     names = [n for n in req.styles if n]
     if prompt_styles.unknown(names, config):
         raise invalid(["styles"], f"unknown styles {prompt_styles.unknown(names, config)}; "

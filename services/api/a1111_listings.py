@@ -82,9 +82,17 @@ async def cmd_flags(request: web.Request) -> web.Response:
 @DOCS.route("GET", PREFIX + "sd-models", "The configured models", response=list[SdModel], errors=(401,))
 async def sd_models(request: web.Request) -> web.Response:
     principal(request)
-    return reply([SdModel(title=m.name, model_name=m.name, hash=None, sha256=None,
-                          filename=Path(m.checkpoint or m.path or m.name).name, config=None)
-                  for m in request.app[CTX].config.models])
+    ctx = request.app[CTX]
+    return reply([sd_model(m, ctx.workers.model_info(m.name)) for m in ctx.config.models])
+
+
+def sd_model(m, info) -> SdModel:
+    """One /sdapi/v1/sd-models entry: the title carries the checkpoint file's short sha256 (10 digits, as
+    A1111 computes it) once a worker serving the model announced it."""
+    sha256 = info.sha256 if info else None
+    short = sha256[:10] if sha256 else None
+    return SdModel(title=f"{m.name} [{short}]" if short else m.name, model_name=m.name, hash=short, sha256=sha256,
+                   filename=Path(m.checkpoint or m.path or m.name).name, config=None)
 
 
 @DOCS.route("GET", PREFIX + "samplers", "Sampler names", response=list[Sampler], errors=(401,))

@@ -218,6 +218,13 @@ def _model_name(name: str | None, config) -> str | None:
     return name  # unknown: the native validation names the choices
 
 
+def default_aspect(native: tuple[int, int]) -> tuple[int, int]:
+    """Fooocus's default aspect ratio, 1152*896, at the model's native pixel count in multiples of
+    64: 1152×896 itself for SDXL's 1024×1024."""
+    scale = (native[0] * native[1] / (1152 * 896)) ** 0.5
+    return max(64, round(1152 * scale / 64) * 64), max(64, round(896 * scale / 64) * 64)
+
+
 def native_body(req: GenerateRequest, config) -> dict:
     """The request in the native dialect's terms (images still as sent)."""
     prompt, negative = styled(req.prompt, req.negative_prompt,
@@ -283,6 +290,10 @@ async def build(ctx, req: GenerateRequest, file_url: FileUrl):
     config = ctx.config
     _unsupported(req)
     body = native_body(req, config)
+    if body.get("width") is None and body.get("height") is None and "init_image" not in body:
+        model = config.model(body["model"] or config.default_model)
+        if model is not None and model.width is None and model.height is None:
+            body["width"], body["height"] = default_aspect(ctx.workers.default_size(model))
     await _outpaint(ctx, req, body)
     if "mask_image" in body:
         body["mask_image"] = await validation.grown_mask(body["mask_image"], "inpaint_mask_image_upload",

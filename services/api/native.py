@@ -211,8 +211,10 @@ async def build_spec(ctx, req: GenerateRequest):
     config = ctx.config
     model = config.model(req.model or config.default_model)
     prompt, loras = await ctx.loras.resolve(req.prompt, [(lo.name, lo.weight) for lo in req.loras], model.name)
+    info = ctx.workers.model_info(model.name)
     common = dict(
         model=model.name,
+        model_hash=info and info.sha256 and info.sha256[:10],
         prompt=prompt,
         loras=loras,
         quality=req.output_quality,
@@ -228,7 +230,8 @@ async def build_spec(ctx, req: GenerateRequest):
     if req.init_image is None:
         if inpainting:
             raise invalid(["init_image"], "inpaint (mask_image) and outpaint need init_image")
-        width, height = req.width or model.width, req.height or model.height
+        default_width, default_height = ctx.workers.default_size(model)
+        width, height = req.width or default_width, req.height or default_height
         return Txt2Img(width=width, height=height, hires=hires_fix(req, width, height, common["steps"], config),
                        **common)
     if req.enable_hr:
@@ -344,7 +347,9 @@ async def list_models(request: web.Request) -> web.Response:
     live = ctx.workers.live()
     return web.json_response({"default": ctx.config.default_model, "models": [
         {"name": m.name, "loaded": any(m.name in w.models_loaded for w in live),
-         "workers": sum(m.name in w.models_served for w in live), "width": m.width, "height": m.height}
+         "workers": sum(m.name in w.models_served for w in live),
+         "width": ctx.workers.default_size(m)[0], "height": ctx.workers.default_size(m)[1],
+         "family": (info := ctx.workers.model_info(m.name)) and info.family, "sha256": info and info.sha256}
         for m in ctx.config.models]})
 
 

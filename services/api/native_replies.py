@@ -43,8 +43,10 @@ class ModelView(msgspec.Struct):
     name: str
     loaded: bool  # a live worker holds it loaded
     workers: int  # live workers serving it
-    width: int
+    width: int  # the size a request without one gets (the family's native size unless config sets one)
     height: int
+    family: str | None = None  # sd1 | sdxl ...; None until a worker serving it has announced
+    sha256: str | None = None  # of a single-file checkpoint
 
 
 class ModelList(msgspec.Struct):

@@ -6,9 +6,11 @@ import time
 
 from schemas import subjects
 from schemas.codec import decode
-from schemas.workers import WorkerAnnouncement
+from schemas.workers import ModelInfo, WorkerAnnouncement
+from services.config import ModelConfig
 
 log = logging.getLogger("diffbus.api")
+FALLBACK_SIZE = 512  # while no worker serving the model has said what it is
 
 
 class WorkerDirectory:
@@ -52,6 +54,17 @@ class WorkerDirectory:
     def live(self) -> list[WorkerAnnouncement]:
         now = time.time()
         return [w for w in self.workers.values() if now - w.at < self.stale_after_s]
+
+    def model_info(self, name: str) -> ModelInfo | None:
+        """What a live worker serving `name` read from its files (family, default size, hash)."""
+        return next((w.models[name] for w in self.live() if name in w.models), None)
+
+    def default_size(self, model: ModelConfig) -> tuple[int, int]:
+        """A request without a size gets config's, else the model family's native size (as a worker
+        serving it announced), else 512×512."""
+        info = self.model_info(model.name)
+        return (model.width or (info.width if info else FALLBACK_SIZE),
+                model.height or (info.height if info else FALLBACK_SIZE))
 
     def loaded_models(self) -> set[str]:
         return {m for w in self.live() for m in w.models_loaded}

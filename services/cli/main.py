@@ -4,6 +4,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .. import metrics, telemetry
 from ..config import load
@@ -38,6 +39,11 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo model into a folder")
     demo.add_argument("path")
     demo.add_argument("--seed", type=int, default=0, help="another seed, another model")
+    demo.add_argument("--family", default="sd1", choices=("sd1", "sdxl"), help="the model family (default sd1)")
+    demo.add_argument("--inpainting", action="store_true", help="an inpainting model (a 9-channel UNet)")
+    demo.add_argument("--single-file", action="store_true",
+                      help="write PATH as one original-layout .safetensors checkpoint (its diffusers folder, "
+                           "for `config:`, is kept beside it: PATH without .safetensors)")
     checkpoint = commands.add_parser("demo-checkpoint", help="write a demo model folder as one .safetensors checkpoint")
     checkpoint.add_argument("model")
     checkpoint.add_argument("path")
@@ -52,7 +58,14 @@ def parser() -> argparse.ArgumentParser:
 def demo_model(args) -> int:
     from ..gpu_worker import demo_model
 
-    print(demo_model.ensure(args.path, args.seed))
+    path = Path(args.path)
+    folder = demo_model.ensure(path.with_suffix("") if args.single_file else path, args.seed, args.family,
+                               args.inpainting)
+    if args.single_file:
+        from ..gpu_worker import checkpoint
+
+        folder = checkpoint.write(folder, path.with_suffix(".safetensors"))
+    print(folder)
     return 0
 
 
@@ -64,9 +77,9 @@ def demo_checkpoint(args) -> int:
 
 
 def demo_loras(args) -> int:
-    from ..gpu_worker import demo_model
+    from ..gpu_worker import demo_families
 
-    print("\n".join(map(str, demo_model.build_loras(args.model, args.path))))
+    print("\n".join(map(str, demo_families.build_loras(Path(args.model), Path(args.path)))))
     return 0
 
 

@@ -1,6 +1,6 @@
-"""Writing a diffusers Stable Diffusion 1.x folder as one original-layout (LDM / A1111) .safetensors
-checkpoint: how the single-file loading path is exercised offline with the demo model. Users bring
-their own checkpoints; this is only the way to make one here."""
+"""Writing a diffusers Stable Diffusion 1.x or SDXL folder as one original-layout (LDM / sgm / A1111)
+.safetensors checkpoint: how the single-file loading path is exercised offline with the demo models.
+Users bring their own checkpoints; this is only the way to make one here."""
 
 from pathlib import Path
 
@@ -20,6 +20,7 @@ def _rename(key: str, prefixes: dict[str, str]) -> tuple[str, str] | None:
 def unet_keys(state: dict, config) -> dict:
     levels, per_block = len(config.block_out_channels), config.layers_per_block
     prefixes = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+                "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",  # SDXL
                 "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
                 "mid_block.attentions.0": "middle_block.1"}
     for j in range(2):
@@ -80,15 +81,59 @@ def vae_keys(state: dict, config) -> dict:
     return out
 
 
+def clip_keys(state: dict, prefix: str) -> dict:
+    """A transformers CLIP text encoder under `prefix` (transformers 5 dropped the text_model prefix)."""
+    return {prefix + (key if key.startswith("text_model.") else "text_model." + key): value
+            for key, value in state.items()}
+
+
+OPEN_CLIP_NAMES = {"text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+                   "text_model.embeddings.position_embedding.weight": "positional_embedding",
+                   "text_model.final_layer_norm.weight": "ln_final.weight",
+                   "text_model.final_layer_norm.bias": "ln_final.bias"}
+OPEN_CLIP_LAYER_NAMES = [("text_model.encoder.layers.", "transformer.resblocks."), (".self_attn.", ".attn."),
+                         (".layer_norm1.", ".ln_1."), (".layer_norm2.", ".ln_2."), (".mlp.fc1.", ".mlp.c_fc."),
+                         (".mlp.fc2.", ".mlp.c_proj.")]
+
+
+def open_clip_keys(state: dict, prefix: str) -> dict:
+    """A transformers CLIP encoder with projection in OpenCLIP's layout (SDXL's second encoder):
+    q/k/v joined into one in_proj, the projection as a matrix text is multiplied by."""
+    import torch
+
+    out = {}
+    for key, value in state.items():
+        if key == "text_projection.weight":
+            out[prefix + "text_projection"] = value.T
+        elif key in OPEN_CLIP_NAMES:
+            out[prefix + OPEN_CLIP_NAMES[key]] = value
+        elif ".self_attn.k_proj." in key or ".self_attn.v_proj." in key:
+            continue  # joined with q below
+        elif key.startswith("text_model.encoder.layers."):
+            new = key
+            for a, b in OPEN_CLIP_LAYER_NAMES:
+                new = new.replace(a, b)
+            if ".q_proj." in key:
+                kind = key.rsplit(".", 1)[1]  # weight | bias
+                parts = [state[key.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"]
+                out[prefix + new.replace(f".q_proj.{kind}", f".in_proj_{kind}")] = torch.cat(parts)
+            else:
+                out[prefix + new] = value
+    return out
+
+
 def write(model: Path, out: Path) -> Path:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
     from safetensors.torch import save_file
 
-    pipe = StableDiffusionPipeline.from_pretrained(model)
+    pipe = DiffusionPipeline.from_pretrained(model)
     state = {**unet_keys(pipe.unet.state_dict(), pipe.unet.config),
              **vae_keys(pipe.vae.state_dict(), pipe.vae.config)}
-    for key, value in pipe.text_encoder.state_dict().items():  # transformers 5 dropped the text_model prefix
-        state["cond_stage_model.transformer." + (key if key.startswith("text_model.") else "text_model." + key)] = value
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL (sgm's conditioner)
+        state.update(clip_keys(pipe.text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
+        state.update(open_clip_keys(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
+    else:
+        state.update(clip_keys(pipe.text_encoder.state_dict(), "cond_stage_model.transformer."))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, out)

@@ -77,9 +77,35 @@ def build(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def ensure(path: Path, seed: int = 0) -> Path:
+def ensure(path: Path, seed: int = 0, family: str = "sd1", inpainting: bool = False) -> Path:
     path = Path(path)
-    return path if (path / "model_index.json").exists() else build(path, seed)
+    if (path / "model_index.json").exists():
+        return path
+    if family == "sd1" and not inpainting:
+        return build(path, seed)
+    return build_family(path, family, seed, inpainting)
+
+
+def build_family(path: Path, family: str, seed: int = 0, inpainting: bool = False) -> Path:
+    """A tiny random-weight model of another family (its module in `demo_families`), saved atomically."""
+    from . import demo_families
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=path.parent))
+    try:
+        write_tokenizer(staging / "tokenizer-src")
+        pipe = demo_families.build(family, staging / "tokenizer-src", seed, inpainting)
+        out = staging / "model"
+        pipe.save_pretrained(out)
+        try:
+            os.rename(out, path)
+        except OSError:
+            if not (path / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
 
 
 def build_loras(model: Path, folder: Path) -> list[Path]:

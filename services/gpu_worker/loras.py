@@ -7,6 +7,7 @@ from pathlib import Path
 
 from schemas.jobs import LoraRef
 
+from .families import LoadedModel
 from .generate import GenerationError
 
 EXTENSIONS = (".safetensors",)
@@ -40,16 +41,17 @@ class LoraFolder:
         raise GenerationError(f"LoRA {name!r} is not in this worker's LoRA folder")
 
     @contextmanager
-    def applied(self, pipe, loras: list[LoraRef]):
-        """Load `loras` into `pipe` at their weights for the duration of one job."""
+    def applied(self, model: LoadedModel, loras: list[LoraRef]):
+        """Load `loras` into `model` at their weights for the duration of one job."""
         if not loras:
             yield
             return
+        pipe = model.pipe
         names = [f"lora_{i}" for i in range(len(loras))]
         try:
             for adapter, lora in zip(names, loras):
                 try:
-                    pipe.load_lora_weights(str(self.path(lora.name)), adapter_name=adapter)
+                    model.family.load_lora(pipe, self.path(lora.name), adapter)
                 except (ValueError, KeyError, RuntimeError) as e:  # peft: no target module found, bad shapes
                     raise GenerationError(f"LoRA {lora.name!r} matched no layer of this model: {e}") from None
                 loaded = {a for adapters in pipe.get_list_adapters().values() for a in adapters}

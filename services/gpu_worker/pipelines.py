@@ -2,14 +2,17 @@
 bounded by count and by the size of their weights."""
 
 import gc
+import hashlib
 import logging
 from collections import OrderedDict
 from pathlib import Path
 
 from services import metrics, telemetry
+from schemas.workers import ModelInfo
 from services.config import DEMO_MODEL, Config, ModelConfig
 
-from . import demo_model, speed
+from . import demo_model, families, speed
+from .families import LoadedModel
 
 log = logging.getLogger("diffbus.gpu_worker")
 
@@ -34,6 +37,8 @@ class ModelRegistry:
         self.served: list[ModelConfig] = [m for m in config.models if m.name in wanted]
         self.device = pick_device(config.worker.device)
         self._loaded: OrderedDict[str, object] = OrderedDict()  # least recently used first
+        self.described: dict[str, ModelInfo] = {}
+        self._hashes = FileHashes()
 
     @property
     def loaded(self) -> list[str]:
@@ -46,8 +51,21 @@ class ModelRegistry:
         assert model.name == DEMO_MODEL
         return demo_model.ensure(self.config.data_path / "models" / DEMO_MODEL)
 
-    def pipeline(self, name: str):
-        """The loaded text-to-image pipeline of `name` (blocking: call from the executor)."""
+    def describe(self) -> dict[str, ModelInfo]:
+        """Family, default size and checkpoint hash of every served model, from its files (blocking:
+        a checkpoint is hashed once, then again only when its size or time changes)."""
+        for model in self.served:
+            checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
+            folder = None if checkpoint is not None else self.model_path(model)
+            family = families.detect(folder, checkpoint, model.family)
+            native = family.native_size
+            self.described[model.name] = ModelInfo(
+                family=family.name, width=model.width or native[0], height=model.height or native[1],
+                sha256=None if checkpoint is None else self._hashes.sha256(checkpoint))
+        return self.described
+
+    def pipeline(self, name: str) -> LoadedModel:
+        """The loaded text-to-image pipeline of `name` with its family (blocking: call from the executor)."""
         if name in self._loaded:
             self._loaded.move_to_end(name)
             metrics.MODEL_CACHE_HITS.labels(name).inc()
@@ -82,28 +100,68 @@ class ModelRegistry:
                 return model
         raise KeyError(f"this worker does not serve model {name!r}")
 
-    def _load(self, model: ModelConfig):
+    def _load(self, model: ModelConfig) -> LoadedModel:
         import torch
-        from diffusers import AutoPipelineForText2Image, StableDiffusionPipeline
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
-        if model.checkpoint is not None:
-            path = Path(model.checkpoint)
-            pipe = StableDiffusionPipeline.from_single_file(
-                path, config=model.config, local_files_only=True, torch_dtype=dtype, safety_checker=None,
-                requires_safety_checker=False)
-        else:
-            path = self.model_path(model)
-            pipe = AutoPipelineForText2Image.from_pretrained(
-                path, dtype=dtype, safety_checker=None, requires_safety_checker=False)
-        pipe.to(self.device)
+        checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
+        folder = None if checkpoint is not None else self.model_path(model)
+        family = families.detect(folder, checkpoint, model.family)
+        config_folder = None if model.config is None else Path(model.config)
+        pipe = family.load(folder, checkpoint, config_folder, dtype)
+        if model.vae is not None:
+            pipe.vae = load_vae(Path(model.vae), config_folder or folder, dtype)
+        self._place(pipe)
         speed.apply(pipe, self.config.worker)
-        log.info("loaded model %s from %s on %s (%s)", model.name, path, self.device, dtype)
-        return pipe
+        log.info("loaded %s model %s from %s on %s (%s)", family.name, model.name, checkpoint or folder,
+                 self.device, dtype)
+        return LoadedModel(model.name, pipe, family)
 
 
-def weight_bytes(pipe) -> int:
-    return sum(p.numel() * p.element_size() for component in pipe.components.values()
+    def _place(self, pipe) -> None:
+        """On the device, or offloaded to it part by part (worker.offload, CUDA only); VAE tiling."""
+        offload = self.config.worker.offload
+        if offload == "none" or not self.device.startswith("cuda"):
+            pipe.to(self.device)
+        elif offload == "model":
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        if self.config.worker.vae_tiling:
+            pipe.vae.enable_tiling()
+
+
+class FileHashes:
+    """sha256 of files, computed again only when a file's size or modification time changes."""
+
+    def __init__(self):
+        self._known: dict[Path, tuple[float, int, str]] = {}
+
+    def sha256(self, path: Path) -> str:
+        stat = path.stat()
+        cached = self._known.get(path)
+        if cached is None or cached[:2] != (stat.st_mtime, stat.st_size):
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                while block := f.read(1 << 24):
+                    digest.update(block)
+            self._known[path] = cached = (stat.st_mtime, stat.st_size, digest.hexdigest())
+        return cached[2]
+
+
+def load_vae(path: Path, config_folder: Path, dtype):
+    """A VAE named in config: a diffusers folder, or one .safetensors file read with the model's own
+    VAE config. Its config's force_upcast says whether diffusers decodes it in fp32 under fp16."""
+    from diffusers import AutoencoderKL
+
+    if path.is_dir():
+        return AutoencoderKL.from_pretrained(path, torch_dtype=dtype)
+    return AutoencoderKL.from_single_file(path, config=str(config_folder), subfolder="vae", local_files_only=True,
+                                          torch_dtype=dtype)
+
+
+def weight_bytes(model: LoadedModel) -> int:
+    return sum(p.numel() * p.element_size() for component in model.pipe.components.values()
                if hasattr(component, "parameters") for p in component.parameters())

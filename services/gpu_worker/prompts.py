@@ -94,43 +94,36 @@ def chunks(tokenizer, fragments: Fragments) -> list[tuple[list[int], list[float]
     return result
 
 
-def encode(pipe, text: str, chunk_count: int):
-    """(1, 77·chunk_count, dim) embeddings of `text`, padded with empty chunks to `chunk_count`."""
+def encode(tokenizer, encoder, text: str, chunk_count: int, hidden_layer: int | None = None):
+    """`text` through one CLIP encoder, 75 tokens at a time, padded with empty chunks to `chunk_count`:
+    ((1, 77·chunk_count, dim) weighted embeddings, the encoder's pooled output of the first chunk).
+    `hidden_layer` picks a hidden state (-2: the penultimate layer); None: the last, normalised."""
     import torch
 
-    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
     parts = chunks(tokenizer, parse(text))
     parts += [([], [])] * (chunk_count - len(parts))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    embeddings = []
+    embeddings, pooled = [], None
     for ids, weights in parts:
         padded = [bos] + ids + [eos] + [pad] * (CHUNK - len(ids))
         w = torch.tensor([1.0] + weights + [1.0] * (CHUNK + 1 - len(weights)), device=encoder.device)
-        hidden = encoder(torch.tensor([padded], device=encoder.device))[0]
+        out = encoder(torch.tensor([padded], device=encoder.device), output_hidden_states=hidden_layer is not None)
+        hidden = out[0] if hidden_layer is None else out.hidden_states[hidden_layer]
+        if pooled is None:  # A1111 takes the pooled output of the first chunk, unweighted
+            pooled = out.text_embeds if hasattr(out, "text_embeds") else out.pooler_output
         mean = hidden.float().mean()
         hidden = hidden * w[None, :, None].to(hidden.dtype)
         hidden = hidden * (mean / hidden.float().mean()).to(hidden.dtype)
         embeddings.append(hidden)
-    return torch.cat(embeddings, dim=1)
+    return torch.cat(embeddings, dim=1), pooled
 
 
 def chunk_count(tokenizer, text: str) -> int:
     return len(chunks(tokenizer, parse(text)))
 
 
-def embeddings(pipe, prompts: list[str], negatives: list[str]):
-    """Prompt and negative embeddings for a batch, every one the same length; None when diffusers'
-    own encoding gives the same result (plain prompts of one chunk) or the model is not CLIP-only."""
-    if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "text_encoder", None) is None:
-        return None
-    tokenizer = pipe.tokenizer
-    if not any(needs_own_encoding(tokenizer, text) for text in prompts + negatives):
-        return None
-    import torch
-
-    count = max(chunk_count(tokenizer, text) for text in prompts + negatives)
-    with torch.no_grad():
-        positive = torch.cat([encode(pipe, text, count) for text in prompts])
-        negative = torch.cat([encode(pipe, text, count) for text in negatives])
-    return positive, negative
+def needs_encoding(tokenizer, texts: list[str]) -> bool:
+    """Whether any of `texts` uses A1111 syntax or is longer than one chunk (plain ones go to diffusers
+    as text: the same embeddings)."""
+    return any(needs_own_encoding(tokenizer, text) for text in texts)

@@ -33,6 +33,7 @@ class GpuWorker(WorkerService):
                 for priority in PRIORITY_ORDER for model in self.registry.served]
 
     async def prepare(self) -> None:
+        await self.runtime.on_device(self.registry.describe)
         for model in self.registry.served[:self.runtime.config.worker.max_loaded_models]:
             await self.runtime.on_device(self.registry.pipeline, model.name)
 
@@ -40,7 +41,7 @@ class GpuWorker(WorkerService):
         return WorkerAnnouncement(
             worker=worker_id, kind=self.kind, models_served=[m.name for m in self.registry.served],
             models_loaded=self.registry.loaded, device=self.registry.device, at=time.time(),
-            loras=self.loras.files())
+            loras=self.loras.files(), models=self.registry.described)
 
     async def gather(self, msg) -> list:
         if not self.batching:

@@ -1,6 +1,6 @@
 """Step progress for any worker: throttled Progress messages with an ETA, one fraction across a task's
-stages, and every few steps a preview (for the gpu worker: decoded from the latents by a linear
-latent→RGB map, no VAE)."""
+stages, and every few steps a preview (for the gpu worker: the latents through its model family's
+linear latent→RGB map, no VAE)."""
 
 import base64
 import io
@@ -10,18 +10,12 @@ from collections.abc import Callable
 from schemas.events import Progress, TaskStatus
 from services.config import ProgressConfig
 
-# Stable Diffusion 1.x/2.x latent channels -> RGB, least-squares fit of VAE decodes (as used by
-# A1111's and ComfyUI's cheap previews).
-SD_LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
-
-
 def preview(latents, fmt: str, max_size: int, image_size: tuple[int, int]) -> tuple[str, int, int]:
-    """The first image of a (B, 4, h, w) latent batch as a small base64 picture: (data, width, height)."""
-    import torch
+    """The first image of a (B, 3, h, w) batch of latents mapped to colours in [-1, 1] (each model
+    family has its map) as a small base64 picture: (data, width, height)."""
     from PIL import Image
 
-    matrix = torch.tensor(SD_LATENT_RGB, dtype=torch.float32)
-    rgb = torch.einsum("chw,cr->hwr", latents[0, :4].float().cpu(), matrix)
+    rgb = latents[0, :3].float().cpu().permute(1, 2, 0)
     pixels = ((rgb + 1) / 2).clamp(0, 1).mul(255).byte().numpy()
     img = Image.fromarray(pixels, "RGB")
     width, height = image_size

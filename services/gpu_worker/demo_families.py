@@ -1,0 +1,138 @@
+"""Tiny random-weight models of the families beyond SD 1.x, built from configs with the demo model's
+self-written CLIP vocabulary: the smallest shapes diffusers' own tests use that keep each family's
+structure (SDXL: two CLIP encoders of different widths, the UNet's "text_time" embedding of pooled
+text and size ids, SDXL's VAE scaling factor)."""
+
+from pathlib import Path
+
+FAMILIES = ("sd1", "sdxl")
+
+
+def _clip_config(tokenizer, hidden: int, projection: int = 32):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=3, max_position_embeddings=77, projection_dim=projection, hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+
+
+def _vae(scaling_factor: float, force_upcast: bool = True):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=32, sample_size=128, scaling_factor=scaling_factor,
+        force_upcast=force_upcast).eval()
+
+
+def build_sdxl(tokenizer_folder: Path, in_channels: int = 4):
+    """SDXL base's structure in miniature; `in_channels=9` makes an inpainting model."""
+    from diffusers import (EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline,
+                           UNet2DConditionModel)
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=77)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=77, pad_token="!")
+    # The encoders differ in width (32 and 64, as CLIP-L and bigG differ), so a checkpoint's two
+    # encoders cannot be mistaken for each other: cross-attention takes both joined (96).
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=in_channels, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), cross_attention_dim=96,
+        projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=32).eval()  # pooled + 6 size ids
+    scheduler = EulerDiscreteScheduler(  # the scheduler config SDXL base ships
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        steps_offset=1, timestep_spacing="leading", interpolation_type="linear", prediction_type="epsilon")
+    pipeline_class = StableDiffusionXLPipeline if in_channels == 4 else StableDiffusionXLInpaintPipeline
+    return pipeline_class(
+        vae=_vae(0.13025), unet=unet, scheduler=scheduler, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+        text_encoder=CLIPTextModel(_clip_config(tokenizer, 32)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer_2, 64)).eval(),
+        force_zeros_for_empty_prompt=True)
+
+
+def build(family: str, tokenizer_folder: Path, seed: int = 0, inpainting: bool = False):
+    import torch
+
+    torch.manual_seed(seed)
+    if family == "sdxl":
+        return build_sdxl(tokenizer_folder, in_channels=9 if inpainting else 4)
+    raise ValueError(f"no demo model for family {family!r}; known: {FAMILIES}")
+
+
+def _randomise_lora(module, seed: int, std: float = 0.5) -> None:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * std)
+
+
+def _kohya_pair(out: dict, key: str, in_features: int, out_features: int, generator) -> None:
+    import torch
+
+    out[key + ".lora_down.weight"] = torch.randn(4, in_features, generator=generator) * 0.3
+    out[key + ".lora_up.weight"] = torch.randn(out_features, 4, generator=generator) * 0.3
+    out[key + ".alpha"] = torch.tensor(4.0)
+
+
+def build_sdxl_loras(model: Path, folder: Path) -> list[Path]:
+    """Random SDXL LoRAs touching the UNet and both text encoders: `demo-style` (diffusers/peft keys)
+    and `demo-kohya` (kohya keys with the UNet's original block names, as CivitAI files have them)."""
+    import torch
+    from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from .checkpoint import unet_keys
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = DiffusionPipeline.from_pretrained(model)
+    generator = torch.Generator().manual_seed(123)
+    kohya: dict[str, torch.Tensor] = {}
+    linears = {name: m for name, m in pipe.unet.named_modules()
+               if isinstance(m, torch.nn.Linear) and ".attn" in name and name.rsplit(".", 1)[-1] != "0"}
+    original = unet_keys({name + ".weight": torch.zeros(1) for name in linears}, pipe.unet.config)
+    for original_key, name in zip(original, linears):
+        key = "lora_unet_" + original_key.removeprefix("model.diffusion_model.").removesuffix(".weight").replace(".", "_")
+        _kohya_pair(kohya, key, linears[name].in_features, linears[name].out_features, generator)
+    for n, encoder in ((1, pipe.text_encoder), (2, pipe.text_encoder_2)):
+        width, inner = encoder.config.hidden_size, encoder.config.intermediate_size
+        for i in range(encoder.config.num_hidden_layers):  # what kohya's sd-scripts train in CLIP
+            layer = f"lora_te{n}_text_model_encoder_layers_{i}"
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                _kohya_pair(kohya, f"{layer}_self_attn_{proj}", width, width, generator)
+            _kohya_pair(kohya, f"{layer}_mlp_fc1", width, inner, generator)
+            _kohya_pair(kohya, f"{layer}_mlp_fc2", inner, width, generator)
+    save_file(kohya, folder / "demo-kohya.safetensors", metadata={"ss_network_module": "networks.lora"})
+    save_file({"lora_unet_no_such_layer.lora_down.weight": torch.zeros(4, 8),
+               "lora_unet_no_such_layer.lora_up.weight": torch.zeros(8, 4)}, folder / "demo-mismatch.safetensors")
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    _randomise_lora(pipe.unet, 1)
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))}
+    for n, (encoder, key) in enumerate(((pipe.text_encoder, "text_encoder_lora_layers"),
+                                        (pipe.text_encoder_2, "text_encoder_2_lora_layers"))):
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                           target_modules=["q_proj", "k_proj", "v_proj", "out_proj"]), encoder)
+        _randomise_lora(encoder, 2 + n)
+        layers[key] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+    StableDiffusionXLPipeline.save_lora_weights(folder, safe_serialization=True, weight_name="demo-style.safetensors",
+                                               **layers)
+    return [folder / f"{name}.safetensors" for name in ("demo-style", "demo-kohya", "demo-mismatch")]
+
+
+def build_loras(model: Path, folder: Path) -> list[Path]:
+    """Random LoRAs for a demo model of any family, in the formats users have."""
+    from . import demo_model, families
+
+    builders = {"sd1": demo_model.build_loras, "sdxl": build_sdxl_loras}
+    return builders[families.of_folder(model).name](model, folder)
