@@ -185,8 +185,8 @@ def test_every_a1111_sampler_runs_on_sdxl(registry):
     from services.api import samplers
 
     for name in ("Euler a", "DPM++ 2M Karras", "DDIM", "UniPC", "Heun"):
-        cls, options = samplers.resolve(name, None)
-        [image] = draw(registry, txt2img(scheduler=cls, scheduler_options=options, steps=2))
+        chosen = samplers.resolve(name, None)
+        [image] = draw(registry, txt2img(scheduler=chosen.scheduler, scheduler_options=chosen.options, steps=2))
         assert image.shape == (64, 64, 3)
 
 

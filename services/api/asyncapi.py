@@ -106,6 +106,7 @@ CHANNELS = (
 
 # Functions of schemas/subjects.py that name no subject of their own, and where what they name is told.
 NOT_CHANNELS = {
+    "stream_info_api": "JetStream's own API (the projector asks a stream's last sequence)",
     "model_token": "how a model name becomes the {model} token",
     "is_valid_task_id": "what a {task_id} may hold",
     "generate_jobs_any_priority": "a filter over generateJobs",

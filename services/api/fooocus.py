@@ -291,7 +291,7 @@ async def build(ctx, req: GenerateRequest, file_url: FileUrl):
     _unsupported(req)
     body = native_body(req, config)
     if body.get("width") is None and body.get("height") is None and "init_image" not in body:
-        model = config.model(body["model"] or config.default_model)
+        model = config.model(body.get("model") or config.default_model)
         if model is not None and model.width is None and model.height is None:
             body["width"], body["height"] = default_aspect(ctx.workers.default_size(model))
     await _outpaint(ctx, req, body)

@@ -100,7 +100,11 @@ class S3Storage:
         """The credentials are accepted and the bucket exists (created when missing)."""
         def ensure_bucket() -> None:
             if not self.s3.bucket_exists(self.bucket):
-                self.s3.make_bucket(self.bucket)
+                try:
+                    self.s3.make_bucket(self.bucket)
+                except S3Error as e:  # another service created it between the two calls
+                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
 
         where = f"S3 storage at {self.cfg.endpoint} (bucket {self.bucket!r})"
         try:
