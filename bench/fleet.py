@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import nats
 import yaml
 
 from common import ROOT, machine, percentile, write_result  # noqa: I001 - bench/ is on sys.path when run

@@ -19,7 +19,6 @@ from pathlib import Path
 import aiohttp
 import nats
 import pytest
-import yaml
 
 from schemas import subjects
 

@@ -14,7 +14,7 @@ from standardwebhooks.webhooks import Webhook
 
 from schemas import subjects
 from schemas.codec import decode, decode_event
-from schemas.events import Accepted, Progress, Started, TaskStatus, WebhookEvent
+from schemas.events import Accepted, Progress, Started, TaskStatus, WebhookDelivered, WebhookEvent
 from services import bus, lifecycle, metrics, storage, telemetry, webhook_targets
 from services.taskevents import TaskEvents
 from services.config import Config, ConfigError
