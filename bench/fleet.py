@@ -36,14 +36,14 @@ from common import ROOT, machine, percentile, write_result  # noqa: I001 - bench
 
 from schemas import subjects
 from schemas.codec import decode_event
-from schemas.jobs import Job, Txt2Img
+from schemas.jobs import Txt2Img
 from schemas.subjects import PRIORITY_ORDER, Priority
 from schemas.workers import WorkerAnnouncement
 from services import bus
 from services.api.auth import Principal
 from services.api.tasks import Tasks
 from services.config import Config, load
-from services.worker.jobloop import JobWorker
+from services.worker import Done, Runtime, WorkerService
 from tests.cluster import NatsCluster
 
 MODEL = "sim"
@@ -51,26 +51,32 @@ PER_PROCESS = 25
 SPEC = Txt2Img(model=MODEL, prompt="simulated", width=64, height=64, steps=1, guidance_scale=7.0, seed=1)
 
 
-class SimulatedWorker(JobWorker):
+class SimulatedWorker(WorkerService):
     """The real runtime; the device holds each job for `job_s` seconds."""
 
     kind = "gpu"
     fair_shared = True
 
-    def __init__(self, config: Config, nc, name: str, job_s: float):
-        super().__init__(config, nc)
-        self.id, self.job_s = name, job_s
+    def __init__(self, job_s: float):
+        self.job_s = job_s
 
-    def queue_subjects(self) -> list[tuple[str, str]]:
+    def queues(self) -> list[tuple[str, str]]:
         return [(subjects.generate_job(p, MODEL), subjects.gpu_durable(MODEL, p)) for p in PRIORITY_ORDER]
 
-    def announcement(self) -> WorkerAnnouncement:
-        return WorkerAnnouncement(worker=self.id, kind=self.kind, models_served=[MODEL], models_loaded=[MODEL],
+    def announcement(self, worker_id: str) -> WorkerAnnouncement:
+        return WorkerAnnouncement(worker=worker_id, kind=self.kind, models_served=[MODEL], models_loaded=[MODEL],
                                   device="simulated", at=time.time())
 
-    async def work(self, job: Job, attempt: int, cancel) -> list:
+    async def handle(self, works) -> list:
         await asyncio.sleep(self.job_s)
-        return []
+        return [Done([]) for _ in works]
+
+
+def runtime(config: Config, nc, name: str) -> Runtime:
+    """The real runtime under its own worker id (many share one process here)."""
+    r = Runtime(config, nc, SimulatedWorker.kind)
+    r.id = r.settler.worker_id = name
+    return r
 
 
 async def serve_workers(config_path: str, first: int, count: int, job_s: float) -> None:
@@ -79,8 +85,8 @@ async def serve_workers(config_path: str, first: int, count: int, job_s: float) 
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     conns = [await bus.connect(config, f"sim-{first + i}") for i in range(count)]
-    workers = [SimulatedWorker(config, nc, f"sim-{first + i}", job_s) for i, nc in enumerate(conns)]
-    await asyncio.gather(*(w.run(stop) for w in workers))
+    runtimes = [runtime(config, nc, f"sim-{first + i}") for i, nc in enumerate(conns)]
+    await asyncio.gather(*(r.run(SimulatedWorker(job_s), stop) for r in runtimes))
     for nc in conns:
         await nc.drain()
 

@@ -127,7 +127,7 @@ def request_strategy(document: dict, method: str, path: str, op: dict):
         for p in params:
             value = chosen[p["name"]]
             if p["in"] == "path":
-                url = url.replace("{" + p["name"] + "}", urllib.parse.quote(value or "x", safe="")
+                url = url.replace("{" + p["name"] + "}", urllib.parse.quote((value or "x").encode("utf-8", "surrogatepass"), safe="")
                                   if value is not None else "1")
             elif value is not None:
                 query[p["name"]] = value.encode("utf-8", "surrogatepass")
