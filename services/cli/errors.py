@@ -26,9 +26,9 @@ def describe(error: BaseException) -> tuple[int, str] | None:
     match error:
         case KeyboardInterrupt():
             return INTERRUPTED, "interrupted"
-        case ConfigError():
+        case ConfigError() | StorageError():  # storage.* names an endpoint or keys that do not work
             return CONFIG, str(error)
-        case StorageError() | EmbeddedNatsError():
+        case EmbeddedNatsError():
             return ENVIRONMENT, str(error)
         case nats.errors.NoServersError() | ConnectionRefusedError():
             return ENVIRONMENT, f"cannot reach NATS ({error or type(error).__name__}); is nats-server running?"
