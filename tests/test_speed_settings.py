@@ -19,8 +19,8 @@ def loaded(tmp_path, demo_model, **worker):
     return ModelRegistry(config).pipeline("demo")
 
 
-def pixels(pipe) -> np.ndarray:
-    return np.stack([np.asarray(image, dtype=np.float32) for image in generate.run(pipe, SPEC, None)])
+def pixels(model) -> np.ndarray:
+    return np.stack([np.asarray(image, dtype=np.float32) for image in generate.run(model, SPEC, None)])
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def default_pixels(tmp_path_factory, demo_model):
 
 
 def test_defaults_change_nothing(tmp_path, demo_model):
-    pipe = loaded(tmp_path, demo_model)
+    pipe = loaded(tmp_path, demo_model).pipe
     assert speed.apply(pipe, load(environ={}).worker) == []
     assert type(pipe.unet.attn_processors["mid_block.attentions.0.transformer_blocks.0.attn1.processor"]).__name__ \
         == "AttnProcessor2_0"  # diffusers' SDPA
@@ -43,13 +43,13 @@ def test_defaults_change_nothing(tmp_path, demo_model):
     ({"vae_decode": "per_image"}, lambda p: p.vae.use_slicing),
 ], ids=["channels_last", "fuse_qkv", "classic_attention", "vae_per_image"])
 def test_each_setting_takes_effect_and_keeps_the_picture(tmp_path, demo_model, default_pixels, worker, took_effect):
-    pipe = loaded(tmp_path, demo_model, **worker)
-    assert took_effect(pipe)
-    assert np.abs(pixels(pipe) - default_pixels).max() <= 2  # fp32 reassociation moves a pixel by 1 at most
+    model = loaded(tmp_path, demo_model, **worker)
+    assert took_effect(model.pipe)
+    assert np.abs(pixels(model) - default_pixels).max() <= 2  # fp32 reassociation moves a pixel by 1 at most
 
 
 def test_compile_wraps_the_denoiser(tmp_path, demo_model):
-    pipe = loaded(tmp_path, demo_model, compile=True)
+    pipe = loaded(tmp_path, demo_model, compile=True).pipe
     assert pipe.unet._compiled_call_impl is not None  # compiled on its first call (slow on a CPU: not run here)
 
 
