@@ -42,7 +42,7 @@ from schemas.workers import WorkerAnnouncement
 from services import bus
 from services.api.auth import Principal
 from services.api.tasks import Tasks
-from services.config import Config, load
+from services.config import load
 from services.worker import Done, Runtime, WorkerService
 from tests.cluster import NatsCluster
 
@@ -72,20 +72,13 @@ class SimulatedWorker(WorkerService):
         return [Done([]) for _ in works]
 
 
-def runtime(config: Config, nc, name: str) -> Runtime:
-    """The real runtime under its own worker id (many share one process here)."""
-    r = Runtime(config, nc, SimulatedWorker.kind)
-    r.id = r.settler.worker_id = name
-    return r
-
-
 async def serve_workers(config_path: str, first: int, count: int, job_s: float) -> None:
     """A worker process: `count` runtimes until SIGTERM."""
     config = load(config_path)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     conns = [await bus.connect(config, f"sim-{first + i}") for i in range(count)]
-    runtimes = [runtime(config, nc, f"sim-{first + i}") for i, nc in enumerate(conns)]
+    runtimes = [Runtime(config, nc, SimulatedWorker.kind, f"sim-{first + i}") for i, nc in enumerate(conns)]
     await asyncio.gather(*(r.run(SimulatedWorker(job_s), stop) for r in runtimes))
     for nc in conns:
         await nc.drain()

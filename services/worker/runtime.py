@@ -76,11 +76,11 @@ def _once(fn):
 
 
 class Runtime:
-    def __init__(self, config: Config, nc, kind: str):
+    def __init__(self, config: Config, nc, kind: str, worker_id: str | None = None):
         self.config, self.nc, self.kind = config, nc, kind
         self.js = nc.jetstream()
         self.storage = storage.ObjectStoreStorage(self.js)
-        self.id = bus.worker_id(kind)
+        self.id = worker_id or bus.worker_id(kind)  # one per process unless several runtimes share it
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=kind)
         self.encoder = ThreadPoolExecutor(1, thread_name_prefix=f"{kind}-encode")  # off the device's thread
         self.stopping = False  # read by the work thread between steps
