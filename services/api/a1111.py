@@ -6,9 +6,9 @@ import base64
 import binascii
 import hashlib
 import json
-import re
 import time
 import uuid
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
@@ -174,14 +174,20 @@ def _unsupported(req: A1111Request) -> None:
         raise invalid(["resize_mode"], f"resize_mode must be one of {sorted(RESIZE_MODES)}")
 
 
-def model_name(title):
-    """A model named by its A1111 title ("name [short hash]", what clients read from sd-models) or name."""
-    return re.sub(r" \[[0-9a-f]{10}\]$", "", title) if isinstance(title, str) else title
+def model_named(title: str, config) -> str | None:
+    """A configured model from an A1111 checkpoint title: "name", "name.safetensors", "name [hash]"."""
+    bare = title.split(" [", 1)[0].strip()
+    for model in config.models:
+        files = [Path(p).name for p in (model.path, model.checkpoint) if p]
+        if bare in (model.name, *files) or Path(bare).stem in (model.name, *(Path(f).stem for f in files)):
+            return model.name
+    return None
 
 
 def native_request(req: A1111Request, owner_options: dict, init_image: str | None, config) -> dict:
     """The same request in the native dialect's terms (img2img: init_image, already resized)."""
-    model = model_name(req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint"))
+    title = req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint")
+    model = (model_named(str(title), config) or title) if title else title  # unknown: native names the choices
     names = [n for n in req.styles if n]
     if prompt_styles.unknown(names, config):
         raise invalid(["styles"], f"unknown styles {prompt_styles.unknown(names, config)}; "

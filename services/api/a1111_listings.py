@@ -14,7 +14,7 @@ from schemas.jobs import LATENT_UPSCALER
 
 from . import samplers, seed_examples, validation
 from . import styles as prompt_styles
-from .a1111 import DOCS, NOTHING, PREFIX, STATE, principal
+from .a1111 import DOCS, NOTHING, PREFIX, STATE, model_named, principal
 from .a1111_replies import (Embeddings, Extension, FaceRestorer, Hypernetwork, LatentUpscaleMode, Lora, Memory,
                             PromptStyle, RealesrganModel, Sampler, ScheduleType, ScriptInfo, ScriptsList, SdModel,
                             SdVae, Upscaler)
@@ -29,16 +29,6 @@ OPTION_DEFAULTS = {"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1, "sample
 
 def reply(value) -> web.Response:
     return web.Response(body=msgspec.json.encode(value), content_type="application/json")
-
-
-def model_named(title: str, config) -> str | None:
-    """A configured model from an A1111 checkpoint title: "name", "name.safetensors", "name [hash]"."""
-    bare = title.split(" [", 1)[0].strip()
-    for model in config.models:
-        files = [Path(p).name for p in (model.path, model.checkpoint) if p]
-        if bare in (model.name, *files) or Path(bare).stem in (model.name, *(Path(f).stem for f in files)):
-            return model.name
-    return None
 
 
 @DOCS.route("GET", PREFIX + "options", "This key's options", response={"type": "object"}, errors=(401,))
