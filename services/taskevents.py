@@ -49,14 +49,16 @@ class TaskEvents:
     # --- the API's
     async def accepted(self, owner: str, spec: JobSpec, *, priority: Priority = Priority.NORMAL,
                        dialect: str = "native", callback_url: str | None = None,
-                       webhook_events: list[WebhookEvent] | None = None, request: dict | None = None):
+                       webhook_events: list[WebhookEvent] | None = None, request: dict | None = None,
+                       exclusive: bool = False):
         """The audit record, with the whole spec; returns (the event, its publish ack). Counted once
-        its job is queued too (`queued`)."""
+        its job is queued too (`queued`). `exclusive`: stored only as the first event ever on its
+        subject (else APIError WRONG_LAST_SEQUENCE), so a task id is never reused."""
         event = Accepted(task_id=self.task_id, at=time.time(), owner=owner, spec=spec, priority=priority,
                          dialect=dialect, callback_url=callback_url, request=request,
                          webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
         self.kind = metrics.kind(spec)
-        return event, await self._publish(event)
+        return event, await bus.publish_event(self.js, event, expect_new=exclusive)
 
     def queued(self) -> None:
         metrics.TASKS_ACCEPTED.labels(self.kind or "unknown").inc()

@@ -14,7 +14,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from schemas import subjects
 from schemas.codec import decode, decode_event, encode
-from schemas.events import TERMINAL_WEBHOOK_EVENTS, Accepted, Progress, TaskStatus, WebhookEvent
+from schemas.events import Accepted, Progress, TaskStatus, WebhookEvent
 from schemas.jobs import Job, JobSpec, job_subject, stages
 from schemas.queries import TaskGet, TaskList, TaskPage, TaskRecord, TaskReply
 from schemas.subjects import Priority
@@ -109,15 +109,15 @@ class Tasks:
             return existing
         chosen = task_id is not None
         task_id = task_id or self.task_id_for(principal, idempotency_key)
-        accepted = Accepted(task_id=task_id, at=time.time(), owner=principal.owner, spec=spec,
-                            priority=priority, dialect=dialect, callback_url=callback_url, request=request,
-                            webhook_events=list(webhook_events or TERMINAL_WEBHOOK_EVENTS))
         job = self._job(task_id, spec, priority, principal.owner)
         events = TaskEvents(self.nc, task_id, js=self.js, kind=metrics.kind(spec))
         await self.quotas.check(principal)  # 429 over a quota: nothing is published
         with telemetry.span("publish", task_id=task_id, subject=job_subject(job)), self.quotas.submitting(principal):
             try:
-                ack = await self._claim(accepted, exclusive=chosen or bool(idempotency_key))
+                accepted, ack = await self._claim(
+                    events, exclusive=chosen or bool(idempotency_key), owner=principal.owner, spec=spec,
+                    priority=priority, dialect=dialect, callback_url=callback_url,
+                    webhook_events=webhook_events, request=request)
             except TaskIdTaken:
                 if chosen or (existing := await self._from_stream(task_id)) is None:
                     raise
@@ -138,23 +138,22 @@ class Tasks:
             return None
         return await self._from_stream(self.task_id_for(principal, idempotency_key))
 
-    async def _claim(self, accepted: Accepted, exclusive: bool):
-        """Publish `accepted`; `exclusive`: only as the first event ever stored on its subject, so a
-        task id is never reused (409 when it is taken, by anyone)."""
+    async def _claim(self, events: TaskEvents, exclusive: bool, **accepted) -> tuple[Accepted, object]:
+        """Publish `accepted` (its event and publish ack); `exclusive`: only as the first event ever
+        stored on its subject, so a task id is never reused (409 when it is taken, by anyone)."""
         try:
-            ack = await bus.publish_event(self.js, accepted, expect_new=exclusive)
+            event, ack = await events.accepted(exclusive=exclusive, **accepted)
         except APIError as e:
             if e.err_code == bus.WRONG_LAST_SEQUENCE:
-                raise TaskIdTaken(accepted.task_id) from None
+                raise TaskIdTaken(events.task_id) from None
             raise ApiError(503, f"job queue unavailable: {e}") from e
         except (nats.errors.Error, TimeoutError) as e:
             raise ApiError(503, f"job queue unavailable: {e}") from e
         if ack.duplicate:  # the same message id within the dedupe window: ours (a retried publish)?
-            stored = await bus.last_event(self.js, accepted.task_id, Accepted.name())
-            mine = stored is not None and decode_event(stored) == accepted
-            if not mine:
-                raise TaskIdTaken(accepted.task_id)
-        return ack
+            stored = await bus.last_event(self.js, events.task_id, Accepted.name())
+            if stored is None or decode_event(stored) != event:
+                raise TaskIdTaken(events.task_id)
+        return event, ack
 
     def _job(self, task_id: str, spec: JobSpec, priority: Priority, owner: str) -> Job:
         key = subjects.key_token(owner) if self.config.quotas.fair_sharing else None
