@@ -25,8 +25,8 @@ from schemas import subjects
 from schemas.codec import encode
 from schemas.events import TaskEvent
 
-from . import telemetry
 from .config import Config, NatsConfig
+from .observability import telemetry
 
 log = logging.getLogger("diffbus.bus")
 

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
-from services import telemetry
+from services.observability import telemetry
 from services.cli.embedded import EmbeddedNats, free_port
 
 from .conftest import Client, wait_ready

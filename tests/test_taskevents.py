@@ -4,8 +4,9 @@ counted, a task keeps its first ending, and every failure is counted (whoever te
 from schemas.codec import decode_event
 from schemas.events import Cancelled, Failed
 from schemas.jobs import Txt2Img
-from services import bus, metrics
-from services.taskevents import TaskEvents
+from services import bus
+from services.observability import metrics
+from services.task.events import TaskEvents
 
 SPEC = Txt2Img(model="demo", prompt="x", width=64, height=64, steps=2, guidance_scale=7.5, seed=1)
 

@@ -5,7 +5,7 @@ import pytest
 from schemas import subjects
 from schemas.events import Accepted, Completed, Failed, ImageResult, Started, TaskStatus
 from schemas.jobs import Txt2Img
-from services import taskstate
+from services.task import fold
 from services.config import ConfigError, load
 
 
@@ -43,16 +43,16 @@ IMAGE = ImageResult(key="results/t/0.png", content_type="image/png", width=64, h
 
 
 def test_fold_follows_a_task_and_terminal_state_is_final():
-    record = taskstate.apply(None, Accepted(task_id="t", at=1.0, owner="alice", spec=SPEC))
+    record = fold.apply(None, Accepted(task_id="t", at=1.0, owner="alice", spec=SPEC))
     assert record.status is TaskStatus.PENDING
-    record = taskstate.apply(record, Started(task_id="t", at=2.0, worker="w1"))
+    record = fold.apply(record, Started(task_id="t", at=2.0, worker="w1"))
     assert record.status is TaskStatus.PROCESSING and record.worker == "w1"
-    record = taskstate.apply(record, Completed(task_id="t", at=3.0, worker="w1", images=[IMAGE], elapsed_s=1))
+    record = fold.apply(record, Completed(task_id="t", at=3.0, worker="w1", images=[IMAGE], elapsed_s=1))
     assert record.status is TaskStatus.COMPLETED and record.images == [IMAGE]
     # A late redelivery's events do not reopen or change a finished task.
-    assert taskstate.apply(record, Started(task_id="t", at=4.0, worker="w2", attempt=2)) == record
-    assert taskstate.apply(record, Failed(task_id="t", at=5.0, error="late")) == record
-    assert taskstate.apply(None, Started(task_id="u", at=1.0, worker="w")) is None
+    assert fold.apply(record, Started(task_id="t", at=4.0, worker="w2", attempt=2)) == record
+    assert fold.apply(record, Failed(task_id="t", at=5.0, error="late")) == record
+    assert fold.apply(None, Started(task_id="u", at=1.0, worker="w")) is None
 
 
 def test_webhook_retry_schedule_jitters_and_honours_retry_after():
@@ -81,11 +81,11 @@ def test_webhook_status_outcomes(status, outcome):
     ("93.184.216.34", True), ("127.0.0.1", False), ("10.1.2.3", False), ("169.254.169.254", False),
     ("::1", False), ("::ffff:192.168.0.1", False), ("fd00:ec2::254", False), ("224.0.0.1", False)])
 def test_webhook_target_addresses(address, allowed):
-    from services import webhook_targets
+    from services import egress
 
     if allowed:
-        webhook_targets.check_address(address, [])
+        egress.check_address(address, [])
     else:
-        with pytest.raises(webhook_targets.BlockedTarget):
-            webhook_targets.check_address(address, [])
-    webhook_targets.check_address("10.1.2.3", webhook_targets.networks(["10.0.0.0/8"]))
+        with pytest.raises(egress.BlockedTarget):
+            egress.check_address(address, [])
+    egress.check_address("10.1.2.3", egress.networks(["10.0.0.0/8"]))

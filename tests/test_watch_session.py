@@ -11,7 +11,7 @@ from services.api.live import WatchSession
 from services.api.tasks import Tasks
 from services.config import Config
 from services.storage import ObjectStoreStorage
-from services.taskevents import TaskEvents
+from services.task.events import TaskEvents
 
 SPEC = Txt2Img(model="demo", prompt="x", width=64, height=64, steps=2, guidance_scale=7.5, seed=1)
 IMAGE = ImageResult(key="results/t/0.png", content_type="image/png", width=64, height=64, seed=1)

@@ -9,7 +9,7 @@ from urllib.parse import urljoin
 
 import aiohttp
 
-from services import webhook_targets
+from services import egress
 
 from .errors import invalid
 
@@ -22,7 +22,7 @@ def is_url(value: str | None) -> bool:
 
 async def _get(session: aiohttp.ClientSession, url: str, allowed, max_bytes: int) -> tuple[bytes, str]:
     for _ in range(MAX_REDIRECTS + 1):
-        await webhook_targets.check_url(url, allowed)  # literal addresses never reach the resolver
+        await egress.check_url(url, allowed)  # literal addresses never reach the resolver
         async with session.get(url, allow_redirects=False) as resp:
             if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                 url = urljoin(url, resp.headers["Location"])
@@ -42,14 +42,14 @@ async def _get(session: aiohttp.ClientSession, url: str, allowed, max_bytes: int
 
 async def image_url(url: str, field: str, config) -> str:
     """The image at `url` as a data URI (the decoder then checks that it is an image)."""
-    allowed = webhook_targets.networks(config.notifier.allowed_networks)
+    allowed = egress.networks(config.notifier.allowed_networks)
     timeout = config.fooocus.image_fetch_timeout_s
-    connector = aiohttp.TCPConnector(resolver=webhook_targets.GuardedResolver(allowed), force_close=True)
+    connector = aiohttp.TCPConnector(resolver=egress.GuardedResolver(allowed), force_close=True)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
             data, content_type = await asyncio.wait_for(
                 _get(session, url, allowed, config.limits.max_init_image_bytes), timeout)
-    except webhook_targets.BlockedTarget as e:
+    except egress.BlockedTarget as e:
         raise invalid([field], f"image URL refused: {e}") from None
     except (asyncio.TimeoutError, TimeoutError):
         raise invalid([field], f"image URL did not answer within {timeout}s") from None

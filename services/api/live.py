@@ -17,7 +17,7 @@ from schemas import subjects
 from schemas.codec import decode, decode_event
 from schemas.events import Accepted, Progress, TaskStatus
 from schemas.queries import TaskRecord
-from services import taskstate
+from services.task import fold
 
 from .context import CTX
 from .errors import ApiError
@@ -73,7 +73,7 @@ class Relay:
         return data
 
     def on_event(self, event) -> list[Out]:
-        return self.refresh(taskstate.apply(self.record, event) or self.record)
+        return self.refresh(fold.apply(self.record, event) or self.record)
 
     def refresh(self, record: TaskRecord) -> list[Out]:
         """Take a newer record; its state is news only if the status changed."""
@@ -245,7 +245,7 @@ class WatchSession:
         if relay is None and self.everything and msg.subject == subjects.task_event(task_id, Accepted.name()):
             event = decode_event(msg.data)
             if isinstance(event, Accepted) and self.principal.may_see(event.owner):
-                await self.follow(task_id, taskstate.apply(None, event))
+                await self.follow(task_id, fold.apply(None, event))
             return
         if relay is not None and not relay.done:
             await self.send(task_id, relay.on_nats(msg))

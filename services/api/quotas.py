@@ -18,8 +18,8 @@ from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 
 from schemas.events import TaskStatus
-from services import metrics
 from services.config import Config, Quota
+from services.observability import metrics
 
 from .auth import Principal
 from .errors import ApiError

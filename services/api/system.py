@@ -6,7 +6,8 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
-from services import metrics, storage
+from services import storage
+from services.observability import metrics
 
 from . import apidoc
 from .context import CTX

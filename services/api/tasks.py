@@ -18,9 +18,11 @@ from schemas.events import Accepted, Progress, TaskStatus, WebhookEvent
 from schemas.jobs import Job, JobSpec, job_subject, stages
 from schemas.queries import TaskGet, TaskList, TaskPage, TaskRecord, TaskReply
 from schemas.subjects import Priority
-from services import bus, metrics, storage, taskstate, telemetry
-from services.taskevents import TaskEvents
+from services import bus, storage
 from services.config import Config
+from services.observability import metrics, telemetry
+from services.task import fold
+from services.task.events import TaskEvents
 
 from .auth import Principal
 from .errors import ApiError
@@ -130,7 +132,7 @@ class Tasks:
                 await events.failed("the job could not be queued")
                 raise ApiError(503, f"job queue unavailable: {e}") from e
         events.queued()
-        return taskstate.apply(None, accepted, ack.seq)
+        return fold.apply(None, accepted, ack.seq)
 
     async def _existing(self, principal: Principal, idempotency_key: str | None) -> TaskRecord | None:
         """The task an Idempotency-Key already made (a retried submit), if any."""
@@ -232,12 +234,12 @@ class Tasks:
         if record.status.is_terminal():
             raise ApiError(409, f"Task already {record.status.value}")
         events = TaskEvents(self.nc, task_id, js=self.js, kind=metrics.kind(record.spec))
-        record = taskstate.apply(record, await events.cancel_requested(principal.owner))
+        record = fold.apply(record, await events.cancel_requested(principal.owner))
         if record.status is TaskStatus.PENDING:
             cancelled, stored = await events.cancelled()
             if not stored:  # it finished meanwhile
                 return await self.get(task_id, principal)
-            record = taskstate.apply(record, cancelled)
+            record = fold.apply(record, cancelled)
         return record
 
     async def wait(self, task_id: str, principal: Principal) -> TaskRecord:
@@ -248,7 +250,7 @@ class Tasks:
             deadline = time.monotonic() + self.config.api.sync_timeout_s
             while not record.status.is_terminal():
                 msg = await events.next_msg(timeout=max(0.001, deadline - time.monotonic()))
-                record = taskstate.apply(record, decode_event(msg.data)) or record
+                record = fold.apply(record, decode_event(msg.data)) or record
         except TimeoutError:
             raise ApiError(504, f"task {task_id} did not finish in {self.config.api.sync_timeout_s}s") from None
         finally:
@@ -271,7 +273,7 @@ class Tasks:
         try:
             while True:
                 msg = await sub.next_msg(timeout=self.config.api.query_timeout_s)
-                record = taskstate.apply(record, decode_event(msg.data), msg.metadata.sequence.stream)
+                record = fold.apply(record, decode_event(msg.data), msg.metadata.sequence.stream)
                 if msg.metadata.num_pending == 0:
                     return record
         finally:

@@ -3,7 +3,7 @@
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
-from services import telemetry
+from services.observability import telemetry
 
 
 @web.middleware

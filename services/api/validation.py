@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from schemas.jobs import LATENT_UPSCALER
-from services import webhook_targets
+from services import egress
 from services.config import Config
 
 from .errors import ApiError, invalid
@@ -141,8 +141,8 @@ def check_at_most(value: float | None, config: Config, limit_name: str) -> float
 async def webhook_target(url: str, field: str, config: Config) -> None:
     """422 for webhook targets in private or special networks (unless config allows them)."""
     try:
-        await webhook_targets.check_url(url, webhook_targets.networks(config.notifier.allowed_networks))
-    except webhook_targets.BlockedTarget as e:
+        await egress.check_url(url, egress.networks(config.notifier.allowed_networks))
+    except egress.BlockedTarget as e:
         raise invalid([field], f"webhook target refused: {e}") from None
 
 

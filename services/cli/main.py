@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from .. import metrics, telemetry
 from ..config import load
+from ..observability import metrics, telemetry
 from . import errors
 
 SERVICE_COMMANDS = ("up", "api", "gpu-worker", "upscaler", "projector", "notifier")

@@ -7,7 +7,7 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-from services import metrics, telemetry
+from services.observability import metrics, telemetry
 from schemas.workers import ModelInfo
 from services.config import DEMO_MODEL, Config, ModelConfig
 

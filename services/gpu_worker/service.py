@@ -6,7 +6,7 @@ import time
 from schemas import subjects
 from schemas.subjects import PRIORITY_ORDER
 from schemas.workers import WorkerAnnouncement
-from services import metrics
+from services.observability import metrics
 from services.config import Config
 from services.worker import Runtime, WorkerService, serve
 

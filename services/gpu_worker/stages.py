@@ -8,7 +8,8 @@ import time
 from PIL import Image
 
 from schemas.jobs import LATENT_UPSCALER, Img2Img, Inpaint, Job, OutputFormat, stage_span, stages
-from services import imaging, metrics, telemetry
+from services import imaging
+from services.observability import metrics, telemetry
 from services.worker import Done, HandedOn, Runtime, Work
 from services.worker.outcomes import Outcome
 from services.worker.progress import StepReporter

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import aiohttp
 from standardwebhooks.webhooks import Webhook
 
-from services import webhook_targets
+from services import egress
 
 from .backoff import parse_retry_after
 
@@ -35,17 +35,17 @@ async def post(session: aiohttp.ClientSession, signer: Webhook, url: str, webhoo
     }
     started = time.perf_counter()
     try:
-        host, _ = webhook_targets.split(url)
-        if webhook_targets.literal_ip(host):  # aiohttp skips the resolver for literal addresses
-            webhook_targets.check_address(host, allowed)
+        host, _ = egress.split(url)
+        if egress.literal_ip(host):  # aiohttp skips the resolver for literal addresses
+            egress.check_address(host, allowed)
         async with session.post(url, data=payload.encode(), headers=headers, allow_redirects=False) as resp:
             await resp.read()
             return Attempt(resp.status, _ms(started), None if resp.status < 300 else resp.reason,
                            parse_retry_after(resp.headers.get("Retry-After"), time.time()))
-    except webhook_targets.BlockedTarget as e:
+    except egress.BlockedTarget as e:
         return Attempt(None, _ms(started), f"blocked: {e}", blocked=True)
     except aiohttp.ClientConnectorError as e:
-        if isinstance(e.os_error, webhook_targets.BlockedTarget):
+        if isinstance(e.os_error, egress.BlockedTarget):
             return Attempt(None, _ms(started), f"blocked: {e.os_error}", blocked=True)
         return Attempt(None, _ms(started), f"connection failed: {e.os_error}")
     except TimeoutError:

@@ -12,9 +12,9 @@ from schemas.events import (
     TaskStatus,
     WebhookEvent,
 )
-from services import taskstate
-from services.views import fooocus_task
 from services.storage import FileUrl
+from services.task import fold
+from services.views import fooocus_task
 
 
 def file_urls(file_url: FileUrl, event) -> list[str]:
@@ -43,12 +43,12 @@ def native(accepted: Accepted, event, file_url: FileUrl, started_at: float | Non
 
 def fooocus(accepted: Accepted, event, file_url: FileUrl, started_at: float | None, number: int | None) -> dict:
     """seeds/fooocusapi.md: the task object of /tasks/{task_id}, as the task stands after `event`."""
-    record = taskstate.apply(None, accepted, number)
+    record = fold.apply(None, accepted, number)
     if started_at is not None:
         record = msgspec.structs.replace(record, status=TaskStatus.PROCESSING, started_at=started_at)
     progress = event if isinstance(event, Progress) else None
     if not isinstance(event, Progress):
-        record = taskstate.apply(record, event)
+        record = fold.apply(record, event)
     return fooocus_task.task_object(record, file_url, progress)
 
 

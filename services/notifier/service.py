@@ -15,10 +15,11 @@ from standardwebhooks.webhooks import Webhook
 from schemas import subjects
 from schemas.codec import decode, decode_event
 from schemas.events import Accepted, Progress, Started, TaskStatus, WebhookDelivered, WebhookEvent
-from services import bus, lifecycle, metrics, storage, telemetry, webhook_targets
-from services.taskevents import TaskEvents
+from services import bus, egress, lifecycle, storage
 from services.config import Config, ConfigError
 from services.lifecycle import stop_event
+from services.observability import metrics, telemetry
+from services.task.events import TaskEvents
 
 from . import backoff, payloads
 from .delivery import Attempt, post
@@ -62,11 +63,11 @@ class Notifier:
         self.nc = nc
         self.js = nc.jetstream()
         self.signer, self.owner_signers = signers(config)
-        self.allowed = webhook_targets.networks(config.notifier.allowed_networks)
+        self.allowed = egress.networks(config.notifier.allowed_networks)
         self.base_url = config.public_base_url
         self.storage = store or storage.ObjectStoreStorage(self.js)
         self.slots = asyncio.Semaphore(config.notifier.max_in_flight)
-        # task_id -> its `accepted` and its number (the stream sequence of `accepted`, see taskstate)
+        # task_id -> its `accepted` and its number (the stream sequence of `accepted`, see task.fold)
         self.accepted: OrderedDict[str, tuple[Accepted | None, int | None]] = OrderedDict()
         self.progress_sent: dict[str, float] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -75,7 +76,7 @@ class Notifier:
 
     async def run(self, stop: asyncio.Event) -> None:
         ncfg = self.config.notifier
-        connector = aiohttp.TCPConnector(resolver=webhook_targets.GuardedResolver(self.allowed),
+        connector = aiohttp.TCPConnector(resolver=egress.GuardedResolver(self.allowed),
                                          limit=ncfg.max_in_flight)
         self.session = aiohttp.ClientSession(connector=connector,
                                              timeout=aiohttp.ClientTimeout(total=ncfg.timeout_s))

@@ -6,8 +6,8 @@ import logging
 import time
 
 from schemas.codec import decode_event
-from services import telemetry
-from services.taskevents import TaskEvents
+from services.observability import telemetry
+from services.task.events import TaskEvents
 
 from .db import TaskDB
 

@@ -14,7 +14,7 @@ from schemas.codec import decode, encode
 from schemas.events import AnyTaskEvent
 from schemas.jobs import queue_name
 from schemas.queries import TaskList, TaskRecord
-from services import taskstate
+from services.task import fold
 
 # Bump when the table's shape changes: a database of another version is rebuilt from the stream.
 PROJECTION_VERSION = 4
@@ -117,7 +117,7 @@ class TaskDB:
                     last_seq, before = (0, None) if row is None else (row[0], decode(row[1].encode(), TaskRecord))
                 if before is not None and seq <= last_seq:
                     continue
-                after = taskstate.apply(before, event, seq)
+                after = fold.apply(before, event, seq)
                 if after is not None:
                     folded[event.task_id] = (seq, after)
                 elif before is not None:  # deleted

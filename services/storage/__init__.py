@@ -23,8 +23,8 @@ from nats.js.object_store import (
 
 from schemas import subjects
 
-from .. import telemetry
 from ..config import Config
+from ..observability import telemetry
 
 ROLLUP = {api.Header.ROLLUP: "sub"}  # the message replaces every earlier one on its subject
 FIRST = {**ROLLUP, "Nats-Expected-Last-Subject-Sequence": "0"}  # ... and there must be none

@@ -14,8 +14,8 @@ from minio import Minio
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
-from .. import telemetry
 from ..config import StorageConfig
+from ..observability import telemetry
 from . import StorageError, content_type
 
 REFUSED_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken",

@@ -18,9 +18,10 @@ from schemas.events import ImageResult, Progress
 from schemas.jobs import Job, job_subject
 from schemas.workers import WorkerAnnouncement
 
-from .. import bus, lifecycle, storage, telemetry
+from .. import bus, lifecycle, storage
 from ..config import Config
-from ..taskevents import progress_from_thread
+from ..observability import telemetry
+from ..task.events import progress_from_thread
 from .cancels import Cancels
 from .outcomes import BadInput, Outcome, PipelineError, Rejected, RetryPolicy, Stopped
 from .queues import Queues

@@ -14,8 +14,9 @@ from schemas.codec import decode
 from schemas.events import Cancelled, Completed, Failed
 from schemas.jobs import Job
 
-from .. import bus, metrics
-from ..taskevents import TaskEvents
+from .. import bus
+from ..observability import metrics
+from ..task.events import TaskEvents
 from . import outcomes
 from .outcomes import BadInput, Decision, Outcome, RetryPolicy, Settle, Stopped, classify, decide
 from .queues import keep_alive

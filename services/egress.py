@@ -1,6 +1,7 @@
-"""Which webhook targets may be called: no loopback, private, link-local (cloud metadata) or other
-special addresses unless config allows their network. Checked at submit time (with DNS) and again
-at delivery, on the very addresses connected to, so DNS rebinding cannot slip past."""
+"""Which addresses outbound HTTP may reach (webhook targets, input images fetched by URL): no loopback,
+private, link-local (cloud metadata) or other special addresses unless config allows their network.
+Checked at submit time (with DNS) and again when connecting, on the very addresses connected to, so
+DNS rebinding cannot slip past."""
 
 import asyncio
 import ipaddress

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from schemas import subjects
 from schemas.subjects import PRIORITY_ORDER
 
-from .config import Config
+from ..config import Config
 
 log = logging.getLogger("diffbus.metrics")
 

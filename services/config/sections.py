@@ -1,20 +1,11 @@
-"""Typed config: config.yaml, then DIFFBUS_* environment variables, validated once at start.
-
-Environment overrides use `__` between levels: DIFFBUS_API__PORT=8001, DIFFBUS_NATS__URL=nats://h:4222.
-Values are parsed as YAML, so numbers, booleans and lists work.
-"""
+"""The parts of the config, one Struct per section of config.yaml (api, limits, worker, notifier, ...):
+their fields, defaults and per-field limits. `root.Config` holds them all."""
 
 import hashlib
-import ipaddress
-import os
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
-import yaml
 
-ENV_PREFIX = "DIFFBUS_"
 DEMO_MODEL = "demo"
 
 Positive = Annotated[int, msgspec.Meta(gt=0)]
@@ -25,14 +16,14 @@ class ConfigError(Exception):
     """The configuration is invalid; the message says where."""
 
 
-class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
 Limit = Annotated[int, msgspec.Meta(ge=0)] | None  # None: no limit
 
 
-class Quota(_Section):
+class Quota(Section):
     """What one API key may ask of the service; beyond a limit a submit answers 429 with Retry-After."""
 
     max_queued: Limit = 1000  # its tasks waiting (pending)
@@ -41,7 +32,7 @@ class Quota(_Section):
     weight: Annotated[float, msgspec.Meta(gt=0)] = 1.0  # its share of the workers under fair sharing
 
 
-class KeyQuota(_Section):
+class KeyQuota(Section):
     """A key's own quota: the fields it names replace the defaults (`quotas`), null meaning no limit."""
 
     max_queued: Limit | msgspec.UnsetType = msgspec.UNSET
@@ -63,12 +54,12 @@ class QuotasConfig(Quota):
     fair_sharing: bool = True
 
 
-class RetentionConfig(_Section):
+class RetentionConfig(Section):
     days: Annotated[float, msgspec.Meta(ge=0)] = 30.0  # a task, its events and images go this long after it was made; 0: kept forever
     sweep_every_s: Seconds = 600.0  # how often the projector looks for expired tasks
 
 
-class ApiKey(_Section):
+class ApiKey(Section):
     key: Annotated[str, msgspec.Meta(min_length=8)]
     name: str | None = None  # a display name (any Unicode); it never identifies the owner
     id: str | None = None  # the owner recorded with tasks; default derived from the key (set it to keep
@@ -84,7 +75,7 @@ class ApiKey(_Section):
         return self.id or "key-" + hashlib.sha256(self.key.encode()).hexdigest()[:16]
 
 
-class ApiConfig(_Section):
+class ApiConfig(Section):
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
     keys: list[str | ApiKey] = []
@@ -95,7 +86,7 @@ class ApiConfig(_Section):
     sync_timeout_s: Seconds = 600.0  # synchronous endpoints (A1111's txt2img) wait this long for a task
 
 
-class Limits(_Section):
+class Limits(Section):
     """Every request limit, checked at the edge."""
 
     max_width: Positive = 2048
@@ -112,13 +103,13 @@ class Limits(_Section):
     max_upscale_scale: Annotated[float, msgspec.Meta(ge=1)] = 8.0
 
 
-class Defaults(_Section):
+class Defaults(Section):
     steps: Positive = 20
     guidance_scale: float = 7.5
     strength: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.75
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: str
     path: str | None = None  # diffusers folder; None only for the built-in `demo` model or a checkpoint
     checkpoint: str | None = None  # a single-file .safetensors checkpoint (A1111 / original layout) ...
@@ -132,12 +123,12 @@ class ModelConfig(_Section):
     vae: str | None = None  # another VAE (a diffusers folder or one .safetensors), e.g. an fp16-safe SDXL VAE
 
 
-class UpscalerModel(_Section):
+class UpscalerModel(Section):
     name: str  # e.g. "R-ESRGAN 4x+"
     path: str  # any model file spandrel recognises (.pth or .safetensors)
 
 
-class UpscalerConfig(_Section):
+class UpscalerConfig(Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     tile_size: Positive = 512  # input pixels per tile side: memory stays flat for any image size
     tile_overlap: Annotated[int, msgspec.Meta(ge=0)] = 32  # blended between neighbouring tiles
@@ -145,7 +136,7 @@ class UpscalerConfig(_Section):
     concurrency: Positive = 8  # jobs in flight; the upscaling itself runs one at a time
 
 
-class NatsConfig(_Section):
+class NatsConfig(Section):
     url: str = "nats://127.0.0.1:4222"
     servers: list[str] = []  # a cluster: several URLs (the client fails over between them); default [url]
     user: str | None = None
@@ -162,7 +153,7 @@ class NatsConfig(_Section):
         return list(self.servers) or [self.url]
 
 
-class StorageConfig(_Section):
+class StorageConfig(Section):
     """Where images live: the JetStream object store (`nats`, nothing else to run) or S3 (`s3`)."""
 
     backend: Literal["nats", "s3"] = "nats"
@@ -179,14 +170,14 @@ class StorageConfig(_Section):
     public_endpoint: str | None = None
 
 
-class MetricsConfig(_Section):
+class MetricsConfig(Section):
     """Prometheus: the API answers GET /metrics on its own port; other services on this port, when set."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
 
 
-class BatchingConfig(_Section):
+class BatchingConfig(Section):
     """Dynamic batching: compatible waiting jobs run as one pipeline call."""
 
     enabled: bool | None = None  # None: on with CUDA, off on the CPU (where it gains little)
@@ -194,7 +185,7 @@ class BatchingConfig(_Section):
     max_wait_ms: Annotated[float, msgspec.Meta(ge=0)] = 20.0  # how long to wait for more jobs
 
 
-class WorkerConfig(_Section):
+class WorkerConfig(Section):
     models: list[str] = []  # models this worker serves; empty: every configured model
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     ack_wait_s: Seconds = 30.0  # a job not heartbeated for this long goes to another worker
@@ -224,21 +215,21 @@ class WorkerConfig(_Section):
             raise ValueError("worker.fuse_qkv needs worker.attention: sdpa (fused projections use SDPA)")
 
 
-class ProgressConfig(_Section):
+class ProgressConfig(Section):
     min_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.1  # progress messages at most this often
     preview_every: Annotated[int, msgspec.Meta(ge=0)] = 5  # a latent preview every N steps; 0: none
     preview_format: str = "webp"  # webp | jpeg
     preview_size: Positive = 256  # longest side of a preview, at most the image's own
 
 
-class ClientConfig(_Section):
+class ClientConfig(Section):
     """For `diffbus generate` (also DIFFBUS_CLIENT__URL, DIFFBUS_CLIENT__API_KEY)."""
 
     url: str = "http://127.0.0.1:8000"
     api_key: str | None = None  # default: data_dir/api-key when it exists
 
 
-class NotifierConfig(_Section):
+class NotifierConfig(Section):
     secret: str | None = None  # whsec_…; default: data_dir/webhook-secret, created by `diffbus up`
     timeout_s: Seconds = 10.0
     # Waits before each retry of a terminal event (jittered ±20 %); about an hour in all.
@@ -251,11 +242,11 @@ class NotifierConfig(_Section):
     allowed_networks: list[str] = []
 
 
-class ProjectorConfig(_Section):
+class ProjectorConfig(Section):
     db: str = "tasks.db"  # relative to data_dir; ":memory:" rebuilds from the stream at every start
 
 
-class FooocusConfig(_Section):
+class FooocusConfig(Section):
     """The FooocusAPI dialect (/v1/engine/generate/, /tasks)."""
 
     # Fooocus styles: a JSON list of {name, prompt, negative_prompt}, `{prompt}` marking where the
@@ -271,183 +262,9 @@ class FooocusConfig(_Section):
     image_fetch_timeout_s: Seconds = 10.0
 
 
-class SdWorkManagerConfig(_Section):
+class SdWorkManagerConfig(Section):
     """The sd_work_manager dialect (/api/Task/*). Its one shared secret stands for one owner."""
 
     secret: str | None = None  # X-API-SECRET (the original's webApiSecret); None: the dialect refuses all
     owner: str = "sd-work-manager"  # whose tasks it submits and reads: an API key's id or name shares them
     error_http_status: bool = True  # 4xx/5xx on errors; False: always 200 with `code`, as the original
-
-
-class Config(_Section):
-    data_dir: str = "data"
-    nats: NatsConfig = msgspec.field(default_factory=NatsConfig)
-    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
-    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
-    api: ApiConfig = msgspec.field(default_factory=ApiConfig)
-    limits: Limits = msgspec.field(default_factory=Limits)
-    defaults: Defaults = msgspec.field(default_factory=Defaults)
-    models: list[ModelConfig] = []  # empty: the built-in `demo` model
-    default_model: str | None = None  # default: the first model
-    upscalers: list[UpscalerModel] = []  # beside the builtins Lanczos and Nearest
-    upscaler: UpscalerConfig = msgspec.field(default_factory=UpscalerConfig)
-    worker: WorkerConfig = msgspec.field(default_factory=WorkerConfig)
-    projector: ProjectorConfig = msgspec.field(default_factory=ProjectorConfig)
-    progress: ProgressConfig = msgspec.field(default_factory=ProgressConfig)
-    notifier: NotifierConfig = msgspec.field(default_factory=NotifierConfig)
-    client: ClientConfig = msgspec.field(default_factory=ClientConfig)
-    fooocus: FooocusConfig = msgspec.field(default_factory=FooocusConfig)
-    sdwm: SdWorkManagerConfig = msgspec.field(default_factory=SdWorkManagerConfig)
-    quotas: QuotasConfig = msgspec.field(default_factory=QuotasConfig)
-    retention: RetentionConfig = msgspec.field(default_factory=RetentionConfig)
-    source: str | None = None  # the file this config came from (set by load)
-
-    def __post_init__(self) -> None:
-        if not self.models:
-            self.models = [ModelConfig(name=DEMO_MODEL, width=64, height=64)]
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise msgspec.ValidationError("model names must be unique - at `$.models`")
-        for m in self.models:
-            if m.checkpoint is not None and (m.config is None or m.path is not None):
-                raise msgspec.ValidationError(
-                    f"model {m.name!r}: a checkpoint needs `config` (a local diffusers folder) and no `path` - at `$.models`")
-            if m.path is None and m.checkpoint is None and m.name != DEMO_MODEL:
-                raise msgspec.ValidationError(f"model {m.name!r} needs a path or a checkpoint - at `$.models`")
-        reserved = {"Latent", "Lanczos", "Nearest"}
-        upscaler_names = [u.name for u in self.upscalers]
-        if reserved & set(upscaler_names) or len(set(upscaler_names)) != len(upscaler_names):
-            raise msgspec.ValidationError(f"upscaler names must be unique and not {sorted(reserved)} - at `$.upscalers`")
-        for network in self.notifier.allowed_networks:
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise msgspec.ValidationError(f"{network!r} is not a network - at `$.notifier.allowed_networks`") from None
-        if self.storage.backend == "s3" and not (self.storage.endpoint and self.storage.access_key
-                                                  and self.storage.secret_key):
-            raise msgspec.ValidationError("the s3 backend needs endpoint, access_key and secret_key - at `$.storage`")
-        if self.storage.presign_ttl > 7 * 86400:
-            raise msgspec.ValidationError("presign_ttl is at most 7 days (604800 s) - at `$.storage`")
-        if self.progress.preview_format not in ("webp", "jpeg"):
-            raise msgspec.ValidationError("preview_format must be webp or jpeg - at `$.progress`")
-        owners = [k.owner for k in self.api_keys]
-        if len(set(owners)) != len(owners):
-            raise msgspec.ValidationError("two API keys have one id (or one key is listed twice) - at `$.api.keys`")
-        if self.default_model is None:
-            self.default_model = names[0]
-        elif self.default_model not in names:
-            raise msgspec.ValidationError(
-                f"default_model {self.default_model!r} is not one of {names} - at `$.default_model`")
-
-    @property
-    def data_path(self) -> Path:
-        return Path(self.data_dir)
-
-    @property
-    def api_key_file(self) -> Path:
-        """The key `diffbus up` generates when config names none."""
-        return self.data_path / "api-key"
-
-    @property
-    def lora_path(self) -> Path:
-        return Path(self.worker.lora_dir) if self.worker.lora_dir else self.data_path / "loras"
-
-    @property
-    def webhook_secret_file(self) -> Path:
-        """The webhook signing secret `diffbus up` generates when config names none."""
-        return self.data_path / "webhook-secret"
-
-    @property
-    def uses_demo_model(self) -> bool:
-        return any(m.name == DEMO_MODEL and m.path is None and m.checkpoint is None for m in self.models)
-
-    @property
-    def api_keys(self) -> list[ApiKey]:
-        return [k if isinstance(k, ApiKey) else ApiKey(key=k) for k in self.api.keys]
-
-    @property
-    def sdwm_owner(self) -> str:
-        """The owner of sd_work_manager tasks: the API key whose id, else whose name, is sdwm.owner (the
-        first of that name), else sdwm.owner itself behind a prefix no key id is given by default."""
-        keys = self.api_keys
-        found = next((k for k in keys if k.id == self.sdwm.owner), None) or next(
-            (k for k in keys if k.name == self.sdwm.owner), None)
-        return found.owner if found else f"sdwm:{self.sdwm.owner}"
-
-    @property
-    def public_base_url(self) -> str:
-        """Where the API is reached from outside, for URLs made away from a request (webhooks)."""
-        if self.api.public_base_url:
-            return self.api.public_base_url.rstrip("/")
-        host = "127.0.0.1" if self.api.host in ("0.0.0.0", "::", "") else self.api.host
-        return f"http://{host}:{self.api.port}"
-
-    @property
-    def upscaler_names(self) -> list[str]:
-        return ["Lanczos", "Nearest", *(u.name for u in self.upscalers)]
-
-    def model(self, name: str) -> ModelConfig | None:
-        return next((m for m in self.models if m.name == name), None)
-
-
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
-    for part in path[:-1]:
-        node = tree.get(part)
-        if not isinstance(node, dict):
-            node = tree[part] = {}
-        tree = node
-    tree[path[-1]] = value
-
-
-def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-            path = name[len(ENV_PREFIX):].lower().split("__")
-            _set_path(tree, path, yaml.safe_load(raw) if raw else None)
-    return tree
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _seed_keys(raw: dict[str, Any]) -> dict[str, Any]:
-    """sd_work_manager's own config keys, accepted so its config.yaml works as it is."""
-    raw = dict(raw)
-    for key, path in (("webApiListenHost", ["api", "host"]), ("webApiListenPort", ["api", "port"]),
-                      ("webApiSecret", ["sdwm", "secret"])):
-        if key in raw:
-            _set_path(raw, path, raw.pop(key))
-    if "storageDBUrl" in raw:  # sqlite::memory: or sqlite:<path>
-        url = str(raw.pop("storageDBUrl"))
-        if not url.startswith("sqlite:"):
-            raise ConfigError(f"storageDBUrl {url!r}: only sqlite: URLs are supported")
-        _set_path(raw, ["projector", "db"], url.removeprefix("sqlite:").removeprefix("//") or ":memory:")
-    return raw
-
-
-def load(path: str | os.PathLike | None = None, environ: Mapping[str, str] | None = None,
-         **overrides: Any) -> Config:
-    """Build the Config from a YAML file (optional), DIFFBUS_* variables and keyword overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-    if "tasks_max_age_days" in raw:  # its name before retention.days
-        _set_path(raw, ["retention", "days"], raw.pop("tasks_max_age_days"))
-    raw = _merge(_seed_keys(raw), env_overrides(os.environ if environ is None else environ))
-    raw = _merge(raw, overrides)
-    if path is not None:
-        raw["source"] = str(path)
-    try:
-        return msgspec.convert(raw, Config)
-    except msgspec.ValidationError as e:
-        raise ConfigError(f"{path or 'config'}: {e}") from e

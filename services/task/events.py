@@ -12,8 +12,8 @@ from schemas.codec import encode
 from schemas.events import (
     TERMINAL_WEBHOOK_EVENTS,
     Accepted,
-    CancelRequested,
     Cancelled,
+    CancelRequested,
     Completed,
     Deleted,
     Failed,
@@ -30,7 +30,8 @@ from schemas.events import (
 from schemas.jobs import JobSpec
 from schemas.subjects import Priority
 
-from . import bus, metrics
+from .. import bus
+from ..observability import metrics
 
 log = logging.getLogger("diffbus.tasks")
 

@@ -1,0 +1,2 @@
+"""What the services tell about themselves: Prometheus metrics (`metrics`) and OpenTelemetry traces
+(`telemetry`)."""
