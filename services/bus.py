@@ -1,12 +1,13 @@
 """NATS connection, idempotent creation of streams and buckets, and event publishing."""
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 import nats.errors
@@ -118,6 +119,18 @@ async def connect(config: Config, name: str) -> Connection:
         **connect_options(config.nats),
     )
     return client
+
+
+@contextlib.asynccontextmanager
+async def serving(config: Config, name: str) -> AsyncIterator[Connection]:
+    """A service's connection (see connect) with every stream and bucket ensured; drained on leaving,
+    so what it has in flight settles. Every service enters it first in its AsyncExitStack."""
+    nc = await connect(config, name)
+    try:
+        await ensure(nc.jetstream(), config)
+        yield nc
+    finally:
+        await nc.drain()
 
 
 def stream_config(spec: subjects.StreamSpec, replicas: int = 1) -> StreamConfig:

@@ -1,6 +1,7 @@
 """diffbus command line: `up` for one machine, one command per service for a fleet."""
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -110,11 +111,13 @@ def run_configured(args) -> int:
         from .up import up
 
         return up(config)
-    telemetry.setup(args.command)
-    if args.command != "api":  # the API serves /metrics on its own port
-        metrics.serve(config)
     options = {"rebuild": args.rebuild} if args.command == "projector" else {}
-    service_main(args.command)(config, **options)
+    with contextlib.ExitStack() as stack:  # closed in reverse: the metrics server, then the traces flushed
+        telemetry.setup(args.command)
+        stack.callback(telemetry.shutdown)
+        if args.command != "api" and (server := metrics.serve(config)) is not None:  # the API has /metrics
+            stack.callback(server.shutdown)
+        service_main(args.command)(config, **options)
     return 0
 
 
@@ -131,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             return TOOLS.get(args.command, run_configured)(args)
     except errors.Exit as e:
         return e.code
-    finally:
-        telemetry.shutdown()
 
 
 def nats_override(value: str) -> dict:

@@ -5,6 +5,7 @@ Ctrl-C or SIGTERM stops them in order (api first, nats-server last) so in-flight
 """
 
 import base64
+import contextlib
 import logging
 import os
 import secrets
@@ -112,7 +113,6 @@ class Supervisor:
                 elif time.monotonic() >= next_start[service]:
                     del next_start[service]
                     self.spawn(service)
-        self.stop()
         return 0
 
     def _on_signal(self, signum, _frame) -> None:
@@ -136,12 +136,12 @@ def up(config: Config) -> int:
                  "To serve a real one, list it under `models:` in a config file and run "
                  "`make run CONFIG=config.yaml` (see README)")
     host = urlsplit(config.nats.url).hostname
-    nats = None
-    if host in ("127.0.0.1", "localhost", "::1") and not config.nats.servers:  # a cluster runs on its own
-        nats = EmbeddedNats(config.nats.url, Path(config.data_dir) / "nats").start()
-        log.info("nats-server with JetStream on %s (data in %s)", nats.url, nats.store_dir)
-    try:
-        return Supervisor(config, ",".join(config.nats.urls), nats).run()
-    finally:
-        if nats is not None:
-            nats.stop()
+    with contextlib.ExitStack() as stack:  # stopped in reverse: the services (api first), then nats-server
+        nats = None
+        if host in ("127.0.0.1", "localhost", "::1") and not config.nats.servers:  # a cluster runs on its own
+            nats = EmbeddedNats(config.nats.url, Path(config.data_dir) / "nats").start()
+            stack.callback(nats.stop)
+            log.info("nats-server with JetStream on %s (data in %s)", nats.url, nats.store_dir)
+        supervisor = Supervisor(config, ",".join(config.nats.urls), nats)
+        stack.callback(supervisor.stop)
+        return supervisor.run()

@@ -3,6 +3,7 @@ consumer shared by every notifier, so a crash loses nothing and no two notifiers
 retries are JetStream redeliveries (nak with delay), so their state lives in the stream too."""
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -75,34 +76,38 @@ class Notifier:
         self.ack_wait = redelivery_wait(config.notifier.retry_schedule_s)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop`; what is opened here is closed in reverse order by the stack: the
+        subscriptions first, then the deliveries under way are let finish, then the HTTP session."""
         ncfg = self.config.notifier
-        connector = aiohttp.TCPConnector(resolver=egress.GuardedResolver(self.allowed),
-                                         limit=ncfg.max_in_flight)
-        self.session = aiohttp.ClientSession(connector=connector,
-                                             timeout=aiohttp.ClientTimeout(total=ncfg.timeout_s))
-        start = await bus.retry(self._start_from, "notifier consumer")
-        # Pushed to every notifier of the group: no request per event. `accepted` comes first, so a
-        # task's webhook settings are known without a lookup.
-        events = await bus.retry(lambda: self.js.subscribe(
-            "", queue=subjects.NOTIFIER_DURABLE, durable=subjects.NOTIFIER_DURABLE, stream=subjects.TASKS,
-            cb=self._on_event, manual_ack=True, flow_control=True, idle_heartbeat=5.0, config=ConsumerConfig(
-                filter_subjects=[subjects.task_event("*", Accepted.name()), *subjects.webhook_triggers()],
-                ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
-                max_ack_pending=10 * ncfg.max_in_flight, **start)), "notifier consumer")
-        progress = await self.nc.subscribe(subjects.progress("*"), queue=subjects.NOTIFIER_QUEUE,
-                                           cb=self._on_progress)
-        log.info("notifier ready")
-        lifecycle.started()
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            connector = aiohttp.TCPConnector(resolver=egress.GuardedResolver(self.allowed),
+                                             limit=ncfg.max_in_flight)
+            self.session = await stack.enter_async_context(aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=ncfg.timeout_s)))
+            stack.push_async_callback(self._finish_deliveries)
+            start = await bus.retry(self._start_from, "notifier consumer")
+            # Pushed to every notifier of the group: no request per event. `accepted` comes first, so a
+            # task's webhook settings are known without a lookup.
+            events = await bus.retry(lambda: self.js.subscribe(
+                "", queue=subjects.NOTIFIER_DURABLE, durable=subjects.NOTIFIER_DURABLE, stream=subjects.TASKS,
+                cb=self._on_event, manual_ack=True, flow_control=True, idle_heartbeat=5.0, config=ConsumerConfig(
+                    filter_subjects=[subjects.task_event("*", Accepted.name()), *subjects.webhook_triggers()],
+                    ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
+                    max_ack_pending=10 * ncfg.max_in_flight, **start)), "notifier consumer")
+            stack.push_async_callback(events.unsubscribe)
+            progress = await self.nc.subscribe(subjects.progress("*"), queue=subjects.NOTIFIER_QUEUE,
+                                               cb=self._on_progress)
+            stack.push_async_callback(progress.unsubscribe)
+            log.info("notifier ready")
+            lifecycle.started()
             await stop.wait()
-        finally:
-            await progress.unsubscribe()
-            await events.unsubscribe()
-            if self.tasks:  # let deliveries under way finish; what is cut off is redelivered later
-                await asyncio.wait(list(self.tasks), timeout=ncfg.timeout_s)
-            for task in list(self.tasks):
-                task.cancel()
-            await self.session.close()
+
+    async def _finish_deliveries(self) -> None:
+        """Let deliveries under way finish (for notifier.timeout_s); what is cut off is redelivered later."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=self.config.notifier.timeout_s)
+        for task in list(self.tasks):
+            task.cancel()
 
     async def _start_from(self) -> dict:
         """Where a new consumer starts: the whole stream, or, replacing the pulled consumer of an older
@@ -268,10 +273,6 @@ class Notifier:
 
 
 async def run(config: Config) -> None:
-    nc = await bus.connect(config, "notifier")
-    try:
-        await bus.ensure(nc.jetstream(), config)
+    async with bus.serving(config, "notifier") as nc:
         store = await storage.open_storage(config, nc.jetstream())
         await Notifier(config, nc, store).run(stop_event())
-    finally:
-        await nc.drain()

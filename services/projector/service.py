@@ -35,10 +35,8 @@ async def run(config: Config, rebuild: bool = False, clock=time.time) -> None:
     in_memory = config.projector.db == ":memory:"
     db_path = Path(db.MEMORY) if in_memory else config.data_path / config.projector.db
     async with contextlib.AsyncExitStack() as stack:
-        nc = await bus.connect(config, "projector")
-        stack.push_async_callback(nc.drain)
+        nc = await stack.enter_async_context(bus.serving(config, "projector"))
         js = nc.jetstream()
-        await bus.ensure(js, config)
         await rebuilding.prepare(js, db_path, asked=rebuild or in_memory)
         tasks = TaskDB(db_path)
         stack.callback(tasks.close)

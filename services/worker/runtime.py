@@ -219,9 +219,7 @@ class Runtime:
 async def serve(config: Config, name: str, kind: str, make_service) -> None:
     """A worker service's whole life: connect, ensure the streams, open storage, run until stopped, drain."""
     async with contextlib.AsyncExitStack() as stack:
-        nc = await bus.connect(config, name)
-        stack.push_async_callback(nc.drain)
-        await bus.ensure(nc.jetstream(), config)
+        nc = await stack.enter_async_context(bus.serving(config, name))
         runtime = Runtime(config, nc, kind)
         runtime.storage = await storage.open_storage(config, runtime.js)
         await runtime.run(make_service(runtime), lifecycle.stop_event())
