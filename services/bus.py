@@ -231,6 +231,17 @@ async def publish_event(js: JetStreamContext, event: TaskEvent, *qualifiers: obj
                          headers=telemetry.headers(headers))
 
 
+async def keep_alive(msg, ack_wait_s: float) -> None:
+    """Heartbeat a message being worked on (`in_progress`, three times per ack wait) until cancelled,
+    so JetStream does not redeliver it meanwhile."""
+    while True:
+        await asyncio.sleep(ack_wait_s / 3)
+        try:
+            await msg.in_progress()
+        except Exception as e:  # noqa: BLE001 - a missed heartbeat only risks a redelivery
+            log.warning("heartbeat failed: %s", e)
+
+
 async def last_event_msg(js: JetStreamContext, task_id: str, event: str):
     """The stored message of a task's last `event` (payload and stream sequence), from the TASKS stream."""
     try:

@@ -175,21 +175,13 @@ class Notifier:
         return self.storage.url(key, self.base_url)
 
     async def _handle(self, msg, event) -> None:
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        heartbeat = asyncio.create_task(bus.keep_alive(msg, self.ack_wait))
         try:
             async with self.slots:
                 await self._handle_in_slot(msg, event)
         finally:
             heartbeat.cancel()
             self.in_hand.discard(msg.metadata.sequence.stream)
-
-    async def _keep_alive(self, msg) -> None:
-        while True:
-            await asyncio.sleep(self.ack_wait / 3)
-            try:
-                await msg.in_progress()
-            except Exception as e:  # noqa: BLE001 - a missed heartbeat only risks a redelivery
-                log.warning("heartbeat failed: %s", e)
 
     async def _handle_in_slot(self, msg, event) -> None:
         """Deliver the event's webhook (traced), or ack at once when its task wants none or a receiver

@@ -11,22 +11,13 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from schemas import subjects
 
 from .. import bus
+from ..bus import keep_alive
 from .fairshare import FairQueue
 
 log = logging.getLogger("diffbus.worker")
 
 IDLE_POLL_S = 1.0  # without a doorbell, look at every queue this often (redeliveries ring no bell)
 FETCH_S = 0.05  # how long a pull request waits on a queue believed to hold work
-
-
-async def keep_alive(msg, ack_wait_s: float) -> None:
-    """Heartbeat a job (`in_progress`) until cancelled, so it is not redelivered meanwhile."""
-    while True:
-        await asyncio.sleep(ack_wait_s / 3)
-        try:
-            await msg.in_progress()
-        except Exception as e:  # noqa: BLE001 - a missed heartbeat only risks a redelivery
-            log.warning("heartbeat failed: %s", e)
 
 
 class Queues:

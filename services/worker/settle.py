@@ -19,7 +19,6 @@ from ..observability import metrics
 from ..task.events import TaskEvents
 from . import outcomes
 from .outcomes import BadInput, Decision, Outcome, RetryPolicy, Settle, Stopped, classify, decide
-from .queues import keep_alive
 
 log = logging.getLogger("diffbus.worker")
 
@@ -90,7 +89,7 @@ class Settler:
         batch = [w.job.task_id for w in works] if len(works) > 1 else []
         announced = asyncio.gather(*(w.events.started(attempt=w.attempt, stage=w.job.stage,
                                                       stage_name=w.job.stage_name, batch=batch) for w in works))
-        heartbeats = [asyncio.create_task(keep_alive(w.msg, self.ack_wait_s)) for w in works]
+        heartbeats = [asyncio.create_task(bus.keep_alive(w.msg, self.ack_wait_s)) for w in works]
         started = time.perf_counter()
         try:
             outcomes = await self._outcomes(works, handle, announced)
