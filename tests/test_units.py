@@ -5,8 +5,8 @@ import pytest
 from schemas import subjects
 from schemas.events import Accepted, Completed, Failed, ImageResult, Started, TaskStatus
 from schemas.jobs import Txt2Img
-from services.task import fold
 from services.config import ConfigError, load
+from services.task import fold
 
 
 def test_env_overrides_config_file(tmp_path):
@@ -17,6 +17,14 @@ def test_env_overrides_config_file(tmp_path):
     assert config.api.keys == ["first-key-123"]
     assert config.worker.ack_wait_s == 2.5
     assert config.default_model == "demo" and config.uses_demo_model
+
+
+def test_a_config_written_before_retention_days_still_loads(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("tasks_max_age_days: 3\n")
+    assert load(path, {}).retention.days == 3
+    path.write_text("tasks_max_age_days: 3\nretention:\n  sweep_every_s: 60\n")
+    assert (load(path, {}).retention.days, load(path, {}).retention.sweep_every_s) == (3, 60)
 
 
 @pytest.mark.parametrize("text, where", [
