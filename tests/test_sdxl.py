@@ -124,6 +124,69 @@ def test_single_file_draws_what_the_folder_draws(registry):
     assert differs(folder, single) <= 1
 
 
+@pytest.fixture(scope="session")
+def clip_vocab_sdxl(tmp_path_factory):
+    """The tiny SDXL built with OpenAI CLIP's real tokenizer (49408 tokens, made from clip-anytorch's BPE
+    merges) as a folder and a single file, and a worker.model_configs root holding only its JSON configs
+    (no vocab.json, merges.txt or tokenizer.json): what diffbus ships for SDXL base, in miniature."""
+    from services.gpu_worker import checkpoint, demo_families, model_configs
+
+    root = tmp_path_factory.mktemp("sdxl-clip")
+    model_configs.write_clip_tokenizer(root / "clip")
+    demo_families.build("sdxl", root / "clip").save_pretrained(root / "folder")
+    checkpoint.write(root / "folder", root / "single.safetensors")
+    for path in (root / "folder").rglob("*.json"):
+        if path.name not in ("vocab.json", "tokenizer.json"):
+            target = root / "configs" / "sdxl" / path.relative_to(root / "folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    return root
+
+
+def test_a_single_file_without_config_loads_with_configs_diffbus_provides(clip_vocab_sdxl, tmp_path):
+    root = clip_vocab_sdxl
+    config = load(environ={}, data_dir=str(tmp_path), worker={"device": "cpu", "model_configs": str(root / "configs")},
+                  models=[{"name": "folder", "path": str(root / "folder")},
+                          {"name": "single", "checkpoint": str(root / "single.safetensors")}])
+    registry = ModelRegistry(config)
+    pipe = registry.pipeline("single").pipe
+    assert not list((root / "configs").rglob("vocab.json"))  # the vocabulary came from CLIP's merges
+    # OpenAI CLIP's ids, and SDXL's second tokenizer pads with "!" (id 0)
+    assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert pipe.tokenizer_2("a cat", padding="max_length", max_length=5).input_ids == [49406, 320, 2368, 49407, 0]
+    [folder] = draw(registry, txt2img(model="folder", prompt="a (photo:1.2) of a cat"))
+    [single] = draw(registry, txt2img(model="single", prompt="a (photo:1.2) of a cat"))
+    assert differs(folder, single) <= 1
+
+
+def test_the_shipped_configs_are_sd15s_and_sdxl_bases(tmp_path):
+    """Built on the meta device (no memory), each network has the published parameter count."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from services.gpu_worker import model_configs
+
+    def count(model) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    expected = {"sdxl": {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
+                         "text_encoder_2": 694_659_840},
+                "sd1": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}}
+    for family, parts in expected.items():
+        folder = model_configs.folder(family, tmp_path)
+        with torch.device("meta"):
+            built = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet")),
+                     "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae")),
+                     "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))}
+            if family == "sdxl":
+                built["text_encoder_2"] = CLIPTextModelWithProjection(
+                    CLIPTextConfig.from_pretrained(folder / "text_encoder_2"))
+        assert {name: count(model) for name, model in built.items()} == parts
+    with pytest.raises(families.FamilyError, match="set `config:`"):
+        model_configs.folder("no-such-family", tmp_path)
+
+
 def test_a_vae_named_in_config_replaces_the_models_own(registry):
     [own] = draw(registry, txt2img())
     [named] = draw(registry, txt2img(model="xl-vae"))
@@ -227,6 +290,12 @@ async def test_listings_show_family_native_size_and_the_checkpoint_hash(sdxl_sta
         async with session.get(f"{sdxl_stack.base_url}/sdapi/v1/sd-models") as resp:
             [xl] = [m for m in await resp.json() if m["model_name"] == "xl"]
         assert (xl["hash"], xl["sha256"], xl["title"]) == (sha256[:10], sha256, f"xl [{sha256[:10]}]")
+        assert (xl["family"], xl["width"], xl["height"]) == ("sdxl", 1024, 1024)
+        async with session.get(f"{sdxl_stack.base_url}/v1/engines/all-models") as resp:
+            fooocus = await resp.json()
+        assert fooocus["model_filenames"] == ["demo", "xl"]  # FooocusAPI's shape, details beside it
+        assert fooocus["models"] == [{"name": "demo", "family": "sd1", "width": 64, "height": 64},
+                                     {"name": "xl", "family": "sdxl", "width": 1024, "height": 1024}]
         body = {"prompt": "a (cat:1.2)", "steps": 2, "width": 64, "height": 64, "seed": 5,
                 "override_settings": {"sd_model_checkpoint": xl["title"]}}
         async with session.post(f"{sdxl_stack.base_url}/sdapi/v1/txt2img", json=body) as resp:

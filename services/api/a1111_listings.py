@@ -73,16 +73,17 @@ async def cmd_flags(request: web.Request) -> web.Response:
 async def sd_models(request: web.Request) -> web.Response:
     principal(request)
     ctx = request.app[CTX]
-    return reply([sd_model(m, ctx.workers.model_info(m.name)) for m in ctx.config.models])
+    return reply([sd_model(m, ctx.workers.model_info(m.name), ctx.workers.default_size(m)) for m in ctx.config.models])
 
 
-def sd_model(m, info) -> SdModel:
+def sd_model(m, info, size: tuple[int, int]) -> SdModel:
     """One /sdapi/v1/sd-models entry: the title carries the checkpoint file's short sha256 (10 digits, as
-    A1111 computes it) once a worker serving the model announced it."""
+    A1111 computes it) once a worker serving the model announced it; family and default size beside."""
     sha256 = info.sha256 if info else None
     short = sha256[:10] if sha256 else None
     return SdModel(title=f"{m.name} [{short}]" if short else m.name, model_name=m.name, hash=short, sha256=sha256,
-                   filename=Path(m.checkpoint or m.path or m.name).name, config=None)
+                   filename=Path(m.checkpoint or m.path or m.name).name, config=None,
+                   family=info.family if info else None, width=size[0], height=size[1])
 
 
 @DOCS.route("GET", PREFIX + "samplers", "Sampler names", response=list[Sampler], errors=(401,))

@@ -47,6 +47,11 @@ class SdModel(msgspec.Struct):
     sha256: str | None
     filename: str
     config: str | None
+    # diffbus's additions (A1111 clients read the fields above): the model family (sd1 | sdxl ...; None
+    # until a worker serving it announced) and the size a request without one gets
+    family: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 class Sampler(msgspec.Struct):

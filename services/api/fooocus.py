@@ -519,8 +519,12 @@ async def task(request: web.Request) -> web.Response:
 async def all_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     principal(request)
+    details = [{"name": m.name, "family": (info := ctx.workers.model_info(m.name)) and info.family,
+                "width": ctx.workers.default_size(m)[0], "height": ctx.workers.default_size(m)[1]}
+               for m in ctx.config.models]
     return web.json_response({"model_filenames": [m.name for m in ctx.config.models],
-                              "lora_filenames": sorted(ctx.loras.available(ctx.config.default_model))})
+                              "lora_filenames": sorted(ctx.loras.available(ctx.config.default_model)),
+                              "models": details})
 
 
 @DOCS.route("GET", "/v1/engines/styles", "Style names", response=list[str], errors=(401,))

@@ -29,9 +29,17 @@ class TaskLists(msgspec.Struct):
     pending: list[TaskObject]
 
 
+class ModelDetails(msgspec.Struct):
+    name: str  # as in model_filenames
+    family: str | None  # sd1 | sdxl ...; None until a worker serving the model announced
+    width: int  # the size a request without one gets (FooocusAPI's default aspect is scaled to it)
+    height: int
+
+
 class AllModels(msgspec.Struct):
     model_filenames: list[str]
     lora_filenames: list[str]
+    models: list[ModelDetails]  # diffbus's addition beside FooocusAPI's two lists
 
 
 class ControlReply(msgspec.Struct):

@@ -61,9 +61,9 @@ class Config(Section):
         if len(set(names)) != len(names):
             raise msgspec.ValidationError("model names must be unique - at `$.models`")
         for m in self.models:
-            if m.checkpoint is not None and (m.config is None or m.path is not None):
+            if m.checkpoint is not None and m.path is not None:
                 raise msgspec.ValidationError(
-                    f"model {m.name!r}: a checkpoint needs `config` (a local diffusers folder) and no `path` - at `$.models`")
+                    f"model {m.name!r}: a checkpoint takes `config` (a diffusers folder), not `path` - at `$.models`")
             if m.path is None and m.checkpoint is None and m.name != DEMO_MODEL:
                 raise msgspec.ValidationError(f"model {m.name!r} needs a path or a checkpoint - at `$.models`")
         reserved = {"Latent", "Lanczos", "Nearest"}
