@@ -261,11 +261,11 @@ def test_fooocus_default_aspect_is_1152x896_at_sdxl_native_size():
 
 
 @pytest.fixture(scope="module")
-def sdxl_stack(tmp_path_factory, demo_model, sdxl_files):
+def sdxl_stack(tmp_path_factory, demo_model, sdxl_files, upscaler_models):
     from .conftest import wait_ready
     from .stack import Stack
 
-    s = Stack(tmp_path_factory.mktemp("sdxl-stack"), demo_model, models=[
+    s = Stack(tmp_path_factory.mktemp("sdxl-stack"), demo_model, upscaler_models, models=[
         {"name": "demo", "path": str(demo_model), "width": 64, "height": 64},
         {"name": "xl", "checkpoint": sdxl_files["checkpoint"], "config": sdxl_files["checkpoint"][:-12]}]).start_all()
     try:
@@ -303,3 +303,24 @@ async def test_listings_show_family_native_size_and_the_checkpoint_hash(sdxl_sta
             [image] = (await resp.json())["images"]
     parameters = decode_image(base64.b64decode(image)).info["parameters"]
     assert f"Model hash: {sha256[:10]}, Model: xl" in parameters
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos", "R-ESRGAN 4x+", "ESRGAN_4x"])
+async def test_hires_fix_on_sdxl_with_each_upscaler(sdxl_stack, upscaler):
+    """A1111's hires fix on the SDXL checkpoint: a model upscaler's pass runs in the upscaler service,
+    the second pass back on the SDXL pipeline; the PNG says which upscaler made it."""
+    import aiohttp
+
+    from .conftest import decode_image
+    from .stack import ALICE
+
+    body = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 5, "enable_hr": True, "hr_scale": 1.5,
+            "hr_upscaler": upscaler, "hr_second_pass_steps": 2, "denoising_strength": 0.5,
+            "override_settings": {"sd_model_checkpoint": "xl"}}
+    async with aiohttp.ClientSession(headers={"X-API-Key": ALICE}) as session:
+        async with session.post(f"{sdxl_stack.base_url}/sdapi/v1/txt2img", json=body) as resp:
+            assert resp.status == 200, await resp.text()
+            [image] = (await resp.json())["images"]
+    png = decode_image(base64.b64decode(image))
+    assert png.size == (96, 96)
+    assert f"Hires upscaler: {upscaler}" in png.info["parameters"] and "Model: xl" in png.info["parameters"]
