@@ -193,6 +193,42 @@ def test_a_vae_named_in_config_replaces_the_models_own(registry):
     assert differs(own, named) <= 1  # the same weights, read from a single VAE file
 
 
+@pytest.mark.filterwarnings("ignore:`upcast_vae` is deprecated:FutureWarning")  # diffusers' own upcast branch calls it
+def test_float16_decodes_the_sdxl_vae_in_float32_unless_the_named_vae_is_fp16_safe(registry, sdxl_files, tmp_path):
+    """CUDA's fp16 path, run on the CPU (worker.dtype: float16): SDXL's VAE (force_upcast in its config)
+    decodes in float32 and goes back to float16; a VAE named in config whose config says it is fp16-safe
+    (as madebyollin's sdxl-vae-fp16-fix) decodes in float16. Only a GPU with real weights shows the
+    black images this prevents: random tiny weights never overflow."""
+    import json
+    import shutil
+
+    safe = tmp_path / "vae-fp16-safe"
+    shutil.copytree(Path(sdxl_files["folder"]) / "vae", safe)
+    config = json.loads((safe / "config.json").read_text())
+    (safe / "config.json").write_text(json.dumps({**config, "force_upcast": False}))
+    half = ModelRegistry(load(environ={}, data_dir=str(tmp_path), worker={"device": "cpu", "dtype": "float16"}, models=[
+        {"name": "xl", "path": sdxl_files["folder"]}, {"name": "xl-safe", "path": sdxl_files["folder"], "vae": str(safe)}]))
+    [full] = draw(registry, txt2img(prompt="a (cat:1.3)"))
+    for name, decoded_in in (("xl", "torch.float32"), ("xl-safe", "torch.float16")):
+        model, seen = half.pipeline(name), []
+        hook = model.pipe.vae.decoder.register_forward_pre_hook(lambda _, args: seen.append(str(args[0].dtype)))
+        try:
+            [image] = draw(half, txt2img(model=name, prompt="a (cat:1.3)"))
+        finally:
+            hook.remove()
+        assert str(model.pipe.unet.dtype) == str(model.pipe.vae.dtype) == "torch.float16"
+        assert seen == [decoded_in]
+        assert differs(full, image) <= 2  # what float32 draws
+    init = Image.fromarray(full.astype(np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    spec = Inpaint(model="xl", prompt="a dog", width=64, height=64, steps=STEPS, guidance_scale=5.0, seed=3,
+                   init_image="k", mask_image="m", mask_blur=0)
+    [painted] = generate.inpaint(half.pipeline("xl"), spec, init, mask)
+    outside = np.asarray(mask) == 0
+    assert differs(np.asarray(painted, dtype=int)[outside], full[outside]) == 0
+
+
 @pytest.mark.parametrize("name", ["demo-style", "demo-kohya"])
 def test_lora_at_weight_zero_is_none_and_at_one_differs(registry, sdxl_files, name):
     [base] = draw(registry, txt2img())

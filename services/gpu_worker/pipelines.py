@@ -26,7 +26,7 @@ def pick_device(setting: str) -> str:
 
 
 class ModelRegistry:
-    """Loads each served model once; CUDA gets fp16, the CPU fp32."""
+    """Loads each served model once, in worker.dtype (auto: fp16 on CUDA, fp32 on the CPU)."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -105,7 +105,7 @@ class ModelRegistry:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
-        dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        dtype = weights_dtype(self.config.worker.dtype, self.device)
         checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
         folder = None if checkpoint is not None else self.model_path(model)
         family = families.detect(folder, checkpoint, model.family)
@@ -151,6 +151,15 @@ class FileHashes:
                     digest.update(block)
             self._known[path] = cached = (stat.st_mtime, stat.st_size, digest.hexdigest())
         return cached[2]
+
+
+def weights_dtype(setting: str, device: str):
+    """worker.dtype as a torch dtype: auto is float16 on CUDA, float32 elsewhere."""
+    import torch
+
+    if setting == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, setting)
 
 
 def load_vae(path: Path, config_folder: Path, dtype):
