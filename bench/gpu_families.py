@@ -180,7 +180,7 @@ def build_flux(tiny: bool, tmp: Path, device: str):
 
 FAMILIES = {f.name: f for f in (
     Family("sd15", "Stable Diffusion 1.5", 512, 20, 7.5, 0, True, build_sd15),
-    Family("sdxl", "Stable Diffusion XL 1.0 base", 1024, 20, 5.0, 0, False, build_sdxl),
+    Family("sdxl", "Stable Diffusion XL 1.0 base", 1024, 20, 5.0, 0, True, build_sdxl),
     Family("sd3", "Stable Diffusion 3 Medium", 1024, 20, 7.0, 256, False, build_sd3),
     Family("flux", "FLUX.1 [schnell] (timestep-distilled: 4 steps, no guidance)", 1024, 4, 0.0, 512, False,
            build_flux),
