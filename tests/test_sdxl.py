@@ -206,8 +206,10 @@ def test_float16_decodes_the_sdxl_vae_in_float32_unless_the_named_vae_is_fp16_sa
     shutil.copytree(Path(sdxl_files["folder"]) / "vae", safe)
     config = json.loads((safe / "config.json").read_text())
     (safe / "config.json").write_text(json.dumps({**config, "force_upcast": False}))
-    half = ModelRegistry(load(environ={}, data_dir=str(tmp_path), worker={"device": "cpu", "dtype": "float16"}, models=[
-        {"name": "xl", "path": sdxl_files["folder"]}, {"name": "xl-safe", "path": sdxl_files["folder"], "vae": str(safe)}]))
+    models = [{"name": "xl", "path": sdxl_files["folder"]},
+              {"name": "xl-safe", "path": sdxl_files["folder"], "vae": str(safe)}]
+    half = ModelRegistry(load(environ={}, data_dir=str(tmp_path), worker={"device": "cpu", "dtype": "float16"},
+                              models=models))
     [full] = draw(registry, txt2img(prompt="a (cat:1.3)"))
     for name, decoded_in in (("xl", "torch.float32"), ("xl-safe", "torch.float16")):
         model, seen = half.pipeline(name), []

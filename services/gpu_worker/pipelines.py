@@ -101,7 +101,6 @@ class ModelRegistry:
         raise KeyError(f"this worker does not serve model {name!r}")
 
     def _load(self, model: ModelConfig) -> LoadedModel:
-        import torch
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
