@@ -186,7 +186,8 @@ async def test_response_shapes_follow_a1111_models(client):
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
     status, progress = await get(client, f"progress?task_id={task_id}")  # the seed's extension: that task
     assert progress["progress"] == 1.0 and progress["state"]["job"] == task_id
-    shapes = {"sd-models": {"title", "model_name", "hash", "sha256", "filename", "config"},
+    shapes = {"sd-models": {"title", "model_name", "hash", "sha256", "filename", "config",
+                            "family", "width", "height"},  # diffbus's additions beside A1111's
               "samplers": {"name", "aliases", "options"},
               "upscalers": {"name", "model_name", "model_path", "model_url", "scale"},
               "schedulers": {"name", "label", "aliases", "default_rho", "need_inner_model"},

@@ -17,7 +17,8 @@ SMALL = {"width": 64, "height": 64, "steps": 2}
 
 # The reply fields of each read-only route, from A1111 1.10's modules/api/models.py.
 A1111_LIST_FIELDS = {
-    "sd-models": {"title", "model_name", "hash", "sha256", "filename", "config"},
+    # A1111's six, and diffbus's family and default size beside them (clients read title / model_name)
+    "sd-models": {"title", "model_name", "hash", "sha256", "filename", "config", "family", "width", "height"},
     "samplers": {"name", "aliases", "options"},
     "schedulers": {"name", "label", "aliases", "default_rho", "need_inner_model"},
     "upscalers": {"name", "model_name", "model_path", "model_url", "scale"},
