@@ -10,7 +10,7 @@ WEB_ASSETS := services/api/static/vendor/VERSIONS
 
 .PHONY: run test install bench bench-gpu-wheels clean browser image local-base fleet-up fleet-down
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on a CUDA machine the same pin takes the CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
