@@ -292,7 +292,7 @@ def test_every_a1111_sampler_runs_on_sdxl(registry):
 
 
 def test_fooocus_default_aspect_is_1152x896_at_sdxl_native_size():
-    from services.api.fooocus import default_aspect
+    from services.api.fooocus_request import default_aspect
 
     assert default_aspect((1024, 1024)) == (1152, 896)
     assert default_aspect((512, 512)) == (576, 448)

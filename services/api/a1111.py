@@ -1,7 +1,7 @@
 """The AUTOMATIC1111 dialect (`/sdapi/v1/*`, seeds/a1111_style.md): synchronous txt2img/img2img,
-progress, interrupt, options, listings. Requests map onto the native JobSpec."""
+progress, interrupt; its image tools are in a1111_extras.py, its listings and options in a1111_listings.py.
+A request maps to the neutral request (services/api/request.py), which the layer builds into a JobSpec."""
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -10,26 +10,30 @@ import time
 import uuid
 from pathlib import Path
 
-import msgspec
 from aiohttp import web
 from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import subjects
 from schemas.events import TaskStatus
+from schemas.jobs import InpaintFill
 from services import imaging
 
-from . import apidoc, native, samplers, seed_examples, validation
+from . import apidoc, fetch, samplers, seed_examples, validation
+from . import request as request_layer
 from . import styles as prompt_styles
-from .a1111_replies import A1111Error, ExtrasBatchReply, ExtrasReply, ImagesReply, ProgressReply
+from .a1111_replies import A1111Error, ImagesReply, ProgressReply
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError, invalid
-from .inputs import RESIZE_MODES
+from .inputs import RESIZE_MODES, InputImage
+from .png_info import json_reply
+from .request import GenerationRequest, HiresRequest, InpaintOptions
 
 DIALECT = "a1111"
 PREFIX = "/sdapi/v1/"
-INPAINTING_FILL = {0: "original", 1: "original", 2: "latent_noise", 3: "latent_nothing"}  # 0 "fill": closest
+INPAINTING_FILL = {0: InpaintFill.ORIGINAL, 1: InpaintFill.ORIGINAL, 2: InpaintFill.LATENT_NOISE,
+                   3: InpaintFill.LATENT_NOTHING}  # 0 "fill": closest
 DOCS = apidoc.Docs(DIALECT, "AUTOMATIC1111's web UI API (seed a1111_style.md): synchronous txt2img/img2img and "
                    "its listings. The key in X-API-Key, or HTTP Basic with the key as the password.",
                    security=("ApiKey", "HTTPBasic"), error_model=A1111Error)
@@ -126,16 +130,11 @@ class A1111Request(BaseModel):
     include_init_images: bool = False
 
 
-# Native field names in an error's `loc`, as the A1111 request named them.
-FIELD_NAMES = {"num_inference_steps": "steps", "guidance_scale": "cfg_scale", "num_images": "batch_size",
-               "init_image": "init_images", "mask_image": "mask", "strength": "denoising_strength",
-               "model": "sd_model_checkpoint", "hr_scale": "hr_scale", "invert_mask": "inpainting_mask_invert"}
-
-
-def a1111_names(detail):
-    if not isinstance(detail, list):
-        return detail
-    return [{**d, "loc": [FIELD_NAMES.get(str(part), part) for part in d["loc"]]} for d in detail]
+# The A1111 name of each neutral request field (for errors).
+NAMES = {"steps": ["steps"], "guidance_scale": ["cfg_scale"], "num_images": ["batch_size"],
+         "init_image": ["init_images", 0], "mask_image": ["mask"], "strength": ["denoising_strength"],
+         "model": ["sd_model_checkpoint"], "hr_steps": ["hr_second_pass_steps"], "hires": ["enable_hr"],
+         "loras": ["prompt"], "scheduler": ["sampler_name"], "outpaint": ["init_images", 0]}
 
 
 def principal(request: web.Request) -> Principal:
@@ -184,36 +183,50 @@ def model_named(title: str, config) -> str | None:
     return None
 
 
-def native_request(req: A1111Request, owner_options: dict, init_image: str | None, config) -> dict:
-    """The same request in the native dialect's terms (img2img: init_image, already resized)."""
+def to_request(req: A1111Request, owner_options: dict, init: InputImage | None, mask: InputImage | None,
+               chosen: samplers.Resolution, config) -> GenerationRequest:
+    """The neutral request of an A1111 txt2img/img2img request (img2img: init already resized)."""
     title = req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint")
-    model = (model_named(str(title), config) or title) if title else title  # unknown: native names the choices
+    model = (model_named(str(title), config) or str(title)) if title else None  # unknown: the builder says
     names = [n for n in req.styles if n]
     if prompt_styles.unknown(names, config):
         raise invalid(["styles"], f"unknown styles {prompt_styles.unknown(names, config)}; "
                                   f"known: {list(prompt_styles.load(config))}")
     prompt, negative = prompt_styles.apply_a1111(req.prompt, req.negative_prompt, names, config)
-    body = {
-        "prompt": prompt or " ", "negative_prompt": negative, "seed": req.seed,
-        "num_inference_steps": req.steps, "guidance_scale": req.cfg_scale, "width": req.width,
-        "height": req.height, "num_images": req.batch_size * req.n_iter, "model": model,
-    }
-    if init_image is not None:
-        body.update(init_image=init_image,
-                    strength=0.75 if req.denoising_strength is None else req.denoising_strength)
-        if req.mask:
-            body.update(mask_image=req.mask, mask_blur=req.mask_blur,
-                        inpainting_fill=INPAINTING_FILL[req.inpainting_fill], inpaint_full_res=req.inpaint_full_res,
-                        inpaint_full_res_padding=req.inpaint_full_res_padding,
-                        invert_mask=bool(req.inpainting_mask_invert))
-    elif req.enable_hr:
+    hires = None
+    if req.enable_hr and init is None:
         scale = req.hr_scale
         if req.hr_resize_x or req.hr_resize_y:
             scale = max(req.hr_resize_x / req.width, req.hr_resize_y / req.height)
-        body.update(enable_hr=True, hr_scale=scale, hr_upscaler=req.hr_upscaler or "Latent",
-                    hr_second_pass_steps=req.hr_second_pass_steps,
-                    denoising_strength=0.7 if req.denoising_strength is None else req.denoising_strength)
-    return {k: v for k, v in body.items() if v is not None}
+        hires = HiresRequest(scale=scale, upscaler=req.hr_upscaler or "Latent", steps=req.hr_second_pass_steps,
+                             denoising_strength=0.7 if req.denoising_strength is None else req.denoising_strength)
+    strength = None
+    if init is not None:
+        strength = 0.75 if req.denoising_strength is None else req.denoising_strength
+    return GenerationRequest(
+        prompt=prompt or " ", negative_prompt=negative, model=model, seed=req.seed, steps=req.steps,
+        guidance_scale=req.cfg_scale, width=None if init else req.width, height=None if init else req.height,
+        num_images=req.batch_size * req.n_iter, scheduler=chosen.scheduler, scheduler_options=chosen.options,
+        init_image=init, strength=strength, mask_image=mask, hires=hires, names=NAMES,
+        inpaint=InpaintOptions(mask_blur=req.mask_blur, fill=INPAINTING_FILL[req.inpainting_fill],
+                               full_res=req.inpaint_full_res, full_res_padding=req.inpaint_full_res_padding,
+                               invert_mask=bool(req.inpainting_mask_invert)))
+
+
+async def _images(request: web.Request, req: A1111Request) -> tuple[InputImage, InputImage | None]:
+    """img2img's init image (fetched when a URL, as A1111 with api_enable_requests), resized to the
+    request's size, and its mask."""
+    config = request.app[CTX].config
+    if not req.init_images:
+        raise invalid(["init_images"], "img2img needs init_images")
+    first = req.init_images[0]
+    if fetch.is_url(first):
+        first = await fetch.image_url(first, ["init_images", 0], config)
+    init = await validation.resized_image(first, ["init_images", 0], req.width, req.height, req.resize_mode, config)
+    mask = req.mask
+    if fetch.is_url(mask):
+        mask = await fetch.image_url(mask, "mask", config)
+    return init, None if not mask else await validation.input_image(mask, "mask", config)
 
 
 async def _generate(request: web.Request, img2img: bool) -> web.Response:
@@ -230,23 +243,9 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
     if not subjects.is_valid_task_id(task_id):
         raise invalid(["force_task_id" if req.force_task_id else "task_id"],
                       "letters, digits, - and _ only, at most 64")
-    init_image = None
-    if img2img:
-        if not req.init_images:
-            raise invalid(["init_images"], "img2img needs init_images")
-        init_image = await validation.resized_image(req.init_images[0], ["init_images", 0], req.width, req.height,
-                                                    req.resize_mode, ctx.config)
-    try:
-        native_req = native.GenerateRequest.model_validate(
-            native_request(req, await request.app[STATE].get("options", who.owner, {}), init_image, ctx.config),
-            context=ctx.config)
-        spec = await native.build_spec(ctx, native_req)
-    except ValidationError as e:
-        raise ApiError(422, a1111_names(validation.detail(e))) from None
-    except ApiError as e:
-        raise ApiError(e.status, a1111_names(e.detail)) from None
-    if chosen.scheduler is not None:
-        spec = msgspec.structs.replace(spec, scheduler=chosen.scheduler, scheduler_options=chosen.options)
+    init, mask = await _images(request, req) if img2img else (None, None)
+    options = await request.app[STATE].get("options", who.owner, {})
+    spec = await request_layer.build(ctx, to_request(req, options, init, mask, chosen, ctx.config))
     await ctx.tasks.submit(spec, who, dialect=DIALECT, task_id=task_id)  # 409 when the id is taken
     await request.app[STATE].put("latest", who.owner, task_id)
     record = await ctx.tasks.wait(task_id, who)
@@ -258,7 +257,7 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
             images.append(base64.b64encode(await ctx.tasks.storage.get(image.key) or b"").decode())
     if img2img and req.include_init_images:
         images += [i.split(",", 1)[-1] for i in req.init_images]
-    return web.json_response({"images": images, "parameters": raw, "info": json.dumps(info(spec, task_id, chosen))})
+    return json_reply(ImagesReply(images=images, parameters=raw, info=json.dumps(info(spec, task_id, chosen))))
 
 
 async def run_to_end(ctx, who: Principal, spec, task_id: str):
@@ -351,119 +350,14 @@ async def interrupt(request: web.Request) -> web.Response:
     return web.json_response({} if request.path.endswith("/interrupt") else None)
 
 
-@DOCS.route("POST", PREFIX + "png-info", "Read the generation parameters an image carries",
-            body=native.PngInfoRequest, response=native.PngInfo, errors=(401, 422), examples=seed_examples.PNG_INFO)
-async def png_info(request: web.Request) -> web.Response:
-    """POST /sdapi/v1/png-info {image}: {info, items, parameters}."""
-    principal(request)
-    return await native.png_info_body(request)
-
-
-class ExtrasRequest(BaseModel):
-    """A1111's ExtrasBaseRequest (upscaling part; face restoration and a second upscaler are refused)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    resize_mode: int = Field(0, ge=0, le=1)  # 0: by upscaling_resize, 1: to upscaling_resize_w × _h
-    upscaling_resize: float = Field(2.0, ge=1)
-    upscaling_resize_w: int = Field(512, ge=1)
-    upscaling_resize_h: int = Field(512, ge=1)
-    upscaler_1: str = "None"
-    upscaler_2: str = "None"
-    extras_upscaler_2_visibility: float = 0
-    gfpgan_visibility: float = 0
-    codeformer_visibility: float = 0
-
-
-class ExtrasSingleRequest(ExtrasRequest):
-    image: str
-
-
-class BatchImage(BaseModel):
-    data: str
-    name: str = ""
-
-
-class ExtrasBatchRequest(ExtrasRequest):
-    imageList: list[BatchImage] = Field(min_length=1)  # noqa: N815 - A1111's name
-
-
-def _extras_unsupported(req: ExtrasRequest) -> None:
-    for field in ("gfpgan_visibility", "codeformer_visibility"):
-        if getattr(req, field):
-            raise invalid([field], "face restoration is not supported by diffbus")
-    if req.upscaler_2 not in ("None", "") and req.extras_upscaler_2_visibility:
-        raise invalid(["upscaler_2"], "a second upscaler is not supported by diffbus")
-
-
-async def _upscale(ctx, who: Principal, req: ExtrasRequest, value: str, field: str) -> tuple[bytes, str]:
-    """One upscale task, waited for: (image bytes, html_info)."""
-    image = await validation.input_image(value, field, ctx.config)
-    upscaler = "Lanczos" if req.upscaler_1 in ("None", "") else req.upscaler_1
-    scale = req.upscaling_resize if req.resize_mode == 0 else max(
-        req.upscaling_resize_w / image.width, req.upscaling_resize_h / image.height)
-    try:
-        native_req = native.UpscaleRequest.model_validate({"image": value, "scale": scale, "upscaler": upscaler},
-                                                          context=ctx.config)
-    except ValidationError as e:
-        raise ApiError(422, validation.detail(e)) from None
-    size = ((req.upscaling_resize_w, req.upscaling_resize_h) if req.resize_mode == 1
-            else (round(image.width * scale), round(image.height * scale)))
-    spec = await native.upscale_spec(ctx, native_req, image, size)
-    record = await run_to_end(ctx, who, spec, uuid.uuid4().hex)
-    data = await ctx.tasks.storage.get(record.images[0].key) if record.images else None
-    if data is None:
-        raise ApiError(500, record.error_message or "the upscale did not finish")
-    return data, f"<p>{upscaler}, {size[0]}×{size[1]}</p>"
-
-
-async def _extras_request(request: web.Request, model: type[ExtrasRequest]):
-    try:
-        req = model.model_validate(await validation.read_json(request))
-    except ValidationError as e:
-        raise ApiError(422, validation.detail(e)) from None
-    _extras_unsupported(req)
-    return req
-
-
-@DOCS.route("POST", PREFIX + "extra-single-image", "Upscale one image, answered when done",
-            body=ExtrasSingleRequest, response=ExtrasReply, errors=(401, 422, 500, 504),
-            examples=seed_examples.A1111_EXTRAS)
-async def extra_single_image(request: web.Request) -> web.Response:
-    """POST /sdapi/v1/extra-single-image: an upscale task, waited for; {html_info, image}."""
-    ctx = request.app[CTX]
-    who = principal(request)
-    req = await _extras_request(request, ExtrasSingleRequest)
-    data, html = await _upscale(ctx, who, req, req.image, "image")
-    return web.json_response({"html_info": html, "image": base64.b64encode(data).decode()})
-
-
-@DOCS.route("POST", PREFIX + "extra-batch-images", "Upscale several images, answered when all are done",
-            body=ExtrasBatchRequest, response=ExtrasBatchReply, errors=(401, 422, 500, 504))
-async def extra_batch_images(request: web.Request) -> web.Response:
-    """POST /sdapi/v1/extra-batch-images {imageList: [{data, name}], …}: one upscale task per image
-    (at most limits.max_images), run side by side; {html_info, images}."""
-    ctx = request.app[CTX]
-    who = principal(request)
-    req = await _extras_request(request, ExtrasBatchRequest)
-    if len(req.imageList) > ctx.config.limits.max_images:
-        raise invalid(["imageList"], f"at most {ctx.config.limits.max_images} images")
-    for i, item in enumerate(req.imageList):  # every input checked before any task starts
-        await validation.input_image(item.data, f"imageList.{i}.data", ctx.config)
-    done = await asyncio.gather(*(_upscale(ctx, who, req, item.data, f"imageList.{i}.data")
-                                  for i, item in enumerate(req.imageList)))
-    return web.json_response({"html_info": done[0][1],
-                              "images": [base64.b64encode(data).decode() for data, _ in done]})
-
-
 def register(app: web.Application) -> None:
-    from . import a1111_listings
+    from . import a1111_extras, a1111_listings
 
     app[STATE] = KeyState(app[CTX].tasks.js)
     app[RENDERERS].append((PREFIX, error_shape))
     for path, handler in (("txt2img", txt2img), ("img2img", img2img), ("interrupt", interrupt),
-                          ("skip", interrupt), ("png-info", png_info), ("extra-single-image", extra_single_image),
-                          ("extra-batch-images", extra_batch_images)):
+                          ("skip", interrupt)):
         app.router.add_post(PREFIX + path, handler)
     app.router.add_get(PREFIX + "progress", progress)
+    a1111_extras.register(app)
     a1111_listings.register(app)

@@ -40,8 +40,9 @@ async def _get(session: aiohttp.ClientSession, url: str, allowed, max_bytes: int
     raise ValueError(f"more than {MAX_REDIRECTS} redirects")
 
 
-async def image_url(url: str, field: str, config) -> str:
+async def image_url(url: str, field: str | list, config) -> str:
     """The image at `url` as a data URI (the decoder then checks that it is an image)."""
+    loc = field if isinstance(field, list) else [field]
     allowed = egress.networks(config.notifier.allowed_networks)
     timeout = config.fooocus.image_fetch_timeout_s
     connector = aiohttp.TCPConnector(resolver=egress.GuardedResolver(allowed), force_close=True)
@@ -50,10 +51,10 @@ async def image_url(url: str, field: str, config) -> str:
             data, content_type = await asyncio.wait_for(
                 _get(session, url, allowed, config.limits.max_init_image_bytes), timeout)
     except egress.BlockedTarget as e:
-        raise invalid([field], f"image URL refused: {e}") from None
+        raise invalid(loc, f"image URL refused: {e}") from None
     except (asyncio.TimeoutError, TimeoutError):
-        raise invalid([field], f"image URL did not answer within {timeout}s") from None
+        raise invalid(loc, f"image URL did not answer within {timeout}s") from None
     except (aiohttp.ClientError, OSError, ValueError) as e:
-        raise invalid([field], f"image URL could not be fetched: {e}") from None
+        raise invalid(loc, f"image URL could not be fetched: {e}") from None
     kind = content_type if content_type.startswith("image/") else "image/png"
     return f"data:{kind};base64," + base64.b64encode(data).decode()

@@ -77,13 +77,13 @@ def decode_image(value: str, limits: Limits) -> InputImage:
     return InputImage(data=data, width=width, height=height, extension=FORMATS[fmt])
 
 
-def data_uri(img: Image.Image) -> str:
+def as_png(img: Image.Image) -> InputImage:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return InputImage(data=buf.getvalue(), width=img.width, height=img.height, extension="png")
 
 
-def resized(image: InputImage, width: int, height: int, mode: int) -> str:
+def resized(image: InputImage, width: int, height: int, mode: int) -> InputImage:
     """Blocking. A1111's resize of an init image to width×height: stretch (0, 3), crop (1) or fit and
     fill (2); the target is within the limits (validated before)."""
     with Image.open(io.BytesIO(image.data)) as img:
@@ -94,12 +94,12 @@ def resized(image: InputImage, width: int, height: int, mode: int) -> str:
             img = ImageOps.pad(img, (width, height), Image.LANCZOS, centering=(0.5, 0.5))
         else:
             img = img.resize((width, height), Image.LANCZOS)
-    return data_uri(img)
+    return as_png(img)
 
 
-def grown_mask(image: InputImage, erode_or_dilate: int) -> str:
+def grown_mask(image: InputImage, erode_or_dilate: int) -> InputImage:
     """Blocking. Grow (positive) or shrink (negative) the white of a mask by that many pixels."""
     with Image.open(io.BytesIO(image.data)) as img:
         mask = img.convert("L")
     size = 2 * abs(erode_or_dilate) + 1
-    return data_uri(mask.filter(ImageFilter.MaxFilter(size) if erode_or_dilate > 0 else ImageFilter.MinFilter(size)))
+    return as_png(mask.filter(ImageFilter.MaxFilter(size) if erode_or_dilate > 0 else ImageFilter.MinFilter(size)))

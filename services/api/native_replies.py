@@ -52,9 +52,3 @@ class ModelView(msgspec.Struct):
 class ModelList(msgspec.Struct):
     default: str
     models: list[ModelView]
-
-
-class PngInfo(msgspec.Struct):
-    info: str  # the `parameters` text, A1111's format
-    parameters: dict  # the same, parsed
-    items: dict[str, str]  # other text chunks

@@ -42,7 +42,8 @@ class LoraCatalog:
         return files
 
     async def resolve(self, prompt: str, listed: list[tuple[str, float]], model: str,
-                      field: str = "loras") -> tuple[str, list[LoraRef]]:
+                      field: str | list = "loras") -> tuple[str, list[LoraRef]]:
+        loc = field if isinstance(field, list) else [field]
         prompt, tagged = split_loras(prompt)
         wanted = dict(tagged + listed)  # a name given twice: the later weight wins
         if not wanted:
@@ -51,8 +52,8 @@ class LoraCatalog:
         refs = []
         for name, weight in wanted.items():
             if not WEIGHT_RANGE[0] <= weight <= WEIGHT_RANGE[1]:
-                raise invalid([field], f"LoRA {name!r} weight {weight} is outside {WEIGHT_RANGE}")
+                raise invalid(loc, f"LoRA {name!r} weight {weight} is outside {WEIGHT_RANGE}")
             if name not in files:
-                raise invalid([field], f"unknown LoRA {name!r} for model {model!r}; known: {sorted(files)}")
+                raise invalid(loc, f"unknown LoRA {name!r} for model {model!r}; known: {sorted(files)}")
             refs.append(LoraRef(name=name, weight=weight, sha256=files[name]))
         return prompt, refs

@@ -12,16 +12,18 @@ from pathlib import Path
 
 import msgspec
 from aiohttp import web
-from pydantic import ValidationError
 
 from schemas.events import TaskStatus
 from schemas.jobs import Img2Img, Inpaint, Upscale
 from schemas.queries import TaskRecord
 
-from . import apidoc, native, seed_examples, validation
+from . import apidoc, seed_examples, validation
+from . import request as request_layer
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError
+from .inputs import InputImage
+from .request import GenerationRequest
 
 DIALECT = "sdwm"
 PREFIX = "/api/Task/"
@@ -46,16 +48,16 @@ def error_shape(status: int, detail) -> dict:
     return envelope(CODE_FOR_STATUS.get(status, INTERNAL_ERROR), _words(detail))
 
 
-# Native field names in an error, as the sd_work_manager request named them.
-FIELD_NAMES = {"num_inference_steps": "steps", "guidance_scale": "scale", "num_images": "count", "prompt": "prompts",
-               "negative_prompt": "negativePrompts", "init_image": "initialImages", "strength": "denoise",
-               "model": "module"}
+# The sd_work_manager name of each neutral request field (for errors).
+NAMES = {"steps": ["steps"], "guidance_scale": ["scale"], "num_images": ["count"], "prompt": ["prompts"],
+         "negative_prompt": ["negativePrompts"], "init_image": ["initialImages", 0], "strength": ["denoise"],
+         "model": ["module"], "loras": ["module"], "seed": ["seed"]}
 
 
 def _words(detail) -> str:
     if isinstance(detail, list):
-        return "; ".join(": ".join(filter(None, (".".join(FIELD_NAMES.get(str(p), str(p)) for p in d["loc"][1:]),
-                                                 d["msg"]))) for d in detail)
+        return "; ".join(": ".join(filter(None, (".".join(str(p) for p in d["loc"][1:]), d["msg"])))
+                         for d in detail)
     return str(detail)
 
 
@@ -151,28 +153,40 @@ def handler(fn: Callable[[web.Request, Principal, dict], Awaitable]) -> Callable
     return wrapped
 
 
-def _module(ctx, name: str | None) -> dict:
-    """`module` names a model or, failing that, a LoRA of the default model."""
+def _module(ctx, name: str | None) -> tuple[str | None, list[tuple[str, float]]]:
+    """`module` names a model or, failing that, a LoRA of the default model: (model, loras)."""
     if not name:
-        return {}
+        return None, []
     if ctx.config.model(name) is not None:
-        return {"model": name}
+        return name, []
     if Path(name).stem in ctx.loras.available(ctx.config.default_model):
-        return {"loras": [{"name": Path(name).stem, "weight": 1.0}]}
+        return None, [(Path(name).stem, 1.0)]
     raise Reject(BAD_ARGUMENT, f"unknown module {name!r}: neither a model nor a LoRA")
 
 
-def _native(ctx, body: dict, model=native.GenerateRequest):
+def to_request(args: dict, module: tuple[str | None, list], images: list[InputImage]) -> GenerationRequest:
+    """The neutral request of a checked submitTxt2ImgTask / submitImg2ImgTask body (img2img: its initial
+    images decoded and resized; one image from each)."""
+    model, loras = module
+    out = GenerationRequest(
+        prompt=args["prompts"] or " ", negative_prompt=args["negativePrompts"], model=model, loras=loras,
+        steps=int(args["steps"]), guidance_scale=args["scale"], names=NAMES,
+        seed=int(args["seed"]) if args.get("seed") is not None else None)
+    if images:
+        out.init_image, out.more_init_images, out.strength = images[0], images[1:], args["denoise"]
+    else:
+        out.width, out.height, out.num_images = int(args["width"]), int(args["height"]), int(args["count"])
+    return out
+
+
+def _checked(neutral, config):
+    """The original answers a bad argument with 400 (-101); the layer's limit checks say which."""
     try:
-        return model.model_validate(body, context=ctx.config)
-    except ValidationError as e:
-        raise Reject(BAD_ARGUMENT, _words(validation.detail(e))) from None
-
-
-def _common(ctx, args: dict) -> dict:
-    return {**_module(ctx, args.get("module")), "prompt": args["prompts"] or " ", "negative_prompt": args["negativePrompts"],
-            "num_inference_steps": int(args["steps"]), "guidance_scale": args["scale"],
-            "seed": int(args["seed"]) if args.get("seed") is not None else None}
+        (request_layer.check_upscale if isinstance(neutral, request_layer.UpscaleRequest)
+         else request_layer.check)(neutral, config)
+    except ApiError as e:
+        raise Reject(BAD_ARGUMENT, _words(e.detail)) from None
+    return neutral
 
 
 async def _submit(request: web.Request, who: Principal, spec, args: dict) -> int:
@@ -187,9 +201,9 @@ async def _submit(request: web.Request, who: Principal, spec, args: dict) -> int
 async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
     ctx = request.app[CTX]
     args = arguments(body, TXT2IMG)
-    req = _native(ctx, {**_common(ctx, args), "width": int(args["width"]), "height": int(args["height"]),
-                              "num_images": int(args["count"])})
-    return await _submit(request, who, await native.build_spec(ctx, req), args)
+    neutral = _checked(to_request(args, _module(ctx, args.get("module")), []), ctx.config)
+    spec = await request_layer.build(ctx, neutral)
+    return await _submit(request, who, spec, args)
 
 
 @DOCS.route("POST", PREFIX + "submitImg2ImgTask", "Submit an img2img task", body=body_schema(IMG2IMG),
@@ -207,11 +221,8 @@ async def submit_img2img(request: web.Request, who: Principal, body) -> int:
         raise Reject(BAD_ARGUMENT, f"at most {ctx.config.limits.max_images} initialImages")
     resized = [await validation.resized_image(image, ["initialImages", i], width, height, mode, ctx.config)
                for i, image in enumerate(images)]
-    req = _native(ctx, {**_common(ctx, args), "init_image": resized[0], "strength": args["denoise"]})
-    spec = await native.build_spec(ctx, req)
-    more = [await ctx.tasks.store_input(await validation.input_image(image, ["initialImages", i + 1], ctx.config))
-            for i, image in enumerate(resized[1:])]
-    spec = msgspec.structs.replace(spec, more_init_images=more, num_images=len(resized))
+    neutral = _checked(to_request(args, _module(ctx, args.get("module")), resized), ctx.config)
+    spec = await request_layer.build(ctx, neutral)
     return await _submit(request, who, spec, args)
 
 
@@ -222,11 +233,10 @@ async def submit_img2img(request: web.Request, who: Principal, body) -> int:
 async def submit_upscale(request: web.Request, who: Principal, body) -> int:
     ctx = request.app[CTX]
     args = arguments(body, UPSCALE, {"comment": STRING})
-    req = _native(ctx, {"image": args["image"], "scale": args["scale"],
-                              "upscaler": native.default_upscaler(ctx.config)}, native.UpscaleRequest)
     image = await validation.input_image(args["image"], "image", ctx.config)
-    size = round(image.width * req.scale), round(image.height * req.scale)
-    return await _submit(request, who, await native.upscale_spec(ctx, req, image, size), args)
+    spec = await request_layer.build_upscale(ctx, _checked(request_layer.UpscaleRequest(
+        image=image, scale=args["scale"], upscaler=request_layer.default_upscaler(ctx.config)), ctx.config))
+    return await _submit(request, who, spec, args)
 
 
 def task_type(record: TaskRecord) -> int:

@@ -96,9 +96,10 @@ async def input_image(value: str, field: str | list, config: Config) -> InputIma
         raise invalid(loc, str(e)) from None
 
 
-async def resized_image(value: str, field: str | list, width: int, height: int, mode: int, config: Config) -> str:
-    """An init image checked, then resized to width×height (A1111's resize modes) in a thread: a data
-    URI. The target must be a valid size first (width and height are checked here)."""
+async def resized_image(value: str, field: str | list, width: int, height: int, mode: int,
+                        config: Config) -> InputImage:
+    """An init image checked, then resized to width×height (A1111's resize modes) in a thread. The
+    target must be a valid size first (width and height are checked here)."""
     for axis, size in (("width", width), ("height", height)):
         try:
             check_multiple_of_8(size, config, axis)
@@ -110,11 +111,10 @@ async def resized_image(value: str, field: str | list, width: int, height: int, 
     return await asyncio.to_thread(inputs.resized, image, width, height, mode)
 
 
-async def grown_mask(value: str, field: str, erode_or_dilate: int, config: Config) -> str:
-    """A mask checked, then its white grown or shrunk (in a thread): a data URI."""
-    image = await input_image(value, field, config)
+async def grown_mask(image: InputImage, erode_or_dilate: int) -> InputImage:
+    """A mask with its white grown or shrunk (in a thread)."""
     if not erode_or_dilate:
-        return value
+        return image
     return await asyncio.to_thread(inputs.grown_mask, image, erode_or_dilate)
 
 
