@@ -226,6 +226,17 @@ async def test_fooocus_image_urls_are_fetched_or_refused_by_name(client, image_h
         assert resp.status == 422 and detail[0]["loc"][-1] == "uov_input_image" and words in detail[0]["msg"]
 
 
+async def test_a1111_init_images_may_be_urls_as_with_api_enable_requests(client, image_host):
+    body = {"prompt": "x", "init_images": [f"{image_host}/cat.png"], "denoising_strength": 0.6, **SMALL}
+    status, r = await call(client, "POST", "img2img", body)
+    assert status == 200, r
+    assert decode_image(base64.b64decode(r["images"][0])).size == (64, 64)  # resized to width × height
+    for url, words in ((f"{image_host}/missing.png", "404"), ("http://10.1.2.3/x.png", "refused")):
+        status, r = await call(client, "POST", "img2img", {**body, "init_images": [url]})
+        assert status == 422 and r["error"] == "RequestValidationError", r
+        assert r["detail"][0]["loc"] == ["body", "init_images", 0] and words in r["errors"]
+
+
 async def test_fooocus_sync_reply_json_answers_the_finished_task_unless_an_image_is_accepted(s3_stack):
     import aiohttp
 

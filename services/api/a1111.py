@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 from nats.js.errors import KeyNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,12 +23,12 @@ from services import imaging
 from . import apidoc, fetch, samplers, seed_examples, validation
 from . import request as request_layer
 from . import styles as prompt_styles
-from .a1111_replies import A1111Error, ImagesReply, ProgressReply
+from .a1111_replies import A1111Error, ImagesReply, Info, ProgressReply, ProgressState
 from .auth import Principal
 from .context import CTX
 from .errors import RENDERERS, ApiError, invalid
 from .inputs import RESIZE_MODES, InputImage
-from .png_info import json_reply
+from .replies import json_reply
 from .request import GenerationRequest, HiresRequest, InpaintOptions
 
 DIALECT = "a1111"
@@ -257,7 +258,8 @@ async def _generate(request: web.Request, img2img: bool) -> web.Response:
             images.append(base64.b64encode(await ctx.tasks.storage.get(image.key) or b"").decode())
     if img2img and req.include_init_images:
         images += [i.split(",", 1)[-1] for i in req.init_images]
-    return json_reply(ImagesReply(images=images, parameters=raw, info=json.dumps(info(spec, task_id, chosen))))
+    text = msgspec.json.encode(info(spec, task_id, chosen, req.styles)).decode()
+    return json_reply(ImagesReply(images=images, parameters=raw, info=text))
 
 
 async def run_to_end(ctx, who: Principal, spec, task_id: str):
@@ -266,19 +268,21 @@ async def run_to_end(ctx, who: Principal, spec, task_id: str):
     return await ctx.tasks.wait(task_id, who)
 
 
-def info(spec, task_id: str, chosen: samplers.Resolution) -> dict:
+def info(spec, task_id: str, chosen: samplers.Resolution, styles: list[str]) -> Info:
     """A1111's `info` (Processed.js()); `notes` says what diffbus ran differently from the request."""
     seeds = spec.seeds
-    return {
-        "prompt": spec.prompt, "all_prompts": [spec.prompt] * len(seeds), "negative_prompt": spec.negative_prompt,
-        "all_negative_prompts": [spec.negative_prompt] * len(seeds), "seed": spec.seed, "all_seeds": seeds,
-        "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0, "width": spec.width,
-        "height": spec.height, "sampler_name": chosen.sampler or "Automatic", "cfg_scale": spec.guidance_scale,
-        "steps": spec.steps, "batch_size": spec.num_images, "restore_faces": False, "sd_model_name": spec.model,
-        "denoising_strength": getattr(spec, "strength", None), "infotexts": [imaging.infotext(spec, s) for s in seeds],
-        "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1, "task_id": task_id,
-        "extra_generation_params": {"Schedule type": chosen.schedule}, "notes": chosen.notes,
-    }
+    return Info(
+        prompt=spec.prompt, all_prompts=[spec.prompt] * len(seeds), negative_prompt=spec.negative_prompt,
+        all_negative_prompts=[spec.negative_prompt] * len(seeds), seed=spec.seed, all_seeds=seeds, subseed=-1,
+        all_subseeds=[-1] * len(seeds), subseed_strength=0, width=spec.width, height=spec.height,
+        sampler_name=chosen.sampler or "Automatic", cfg_scale=spec.guidance_scale, steps=spec.steps,
+        batch_size=spec.num_images, restore_faces=False, face_restoration_model=None, sd_model_name=spec.model,
+        sd_model_hash=spec.model_hash, sd_vae_name=None, sd_vae_hash=None, seed_resize_from_w=-1,
+        seed_resize_from_h=-1, denoising_strength=getattr(spec, "strength", None),
+        extra_generation_params={"Schedule type": chosen.schedule}, index_of_first_image=0,
+        infotexts=[imaging.infotext(spec, s) for s in seeds], styles=styles,
+        job_timestamp=time.strftime("%Y%m%d%H%M%S"), clip_skip=1, is_using_inpainting_conditioning=False,
+        version="diffbus", task_id=task_id, notes=chosen.notes)
 
 
 @DOCS.route("POST", PREFIX + "txt2img", "txt2img, answered when the images are done", body=A1111Request,
@@ -304,31 +308,30 @@ async def progress(request: web.Request) -> web.Response:
     who = principal(request)
     explicit = request.query.get("task_id")
     task_id = explicit or await request.app[STATE].get("latest", who.owner)
-    empty = {"progress": 0.0, "eta_relative": 0.0, "state": {"skipped": False, "interrupted": False, "job": "",
-             "job_count": 0, "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0},
-             "current_image": None, "textinfo": None, "current_task": None}
+    idle = ProgressReply(progress=0.0, eta_relative=0.0, current_image=None, textinfo=None, state=ProgressState(
+        skipped=False, interrupted=False, job="", job_count=0, job_timestamp="0", job_no=0, sampling_step=0,
+        sampling_steps=0))
     if not task_id:
-        return web.json_response(empty)
+        return json_reply(idle)
     try:
         record = await ctx.tasks.get(task_id, who)
     except ApiError as e:
         if explicit or e.status != 404:
             raise
-        return web.json_response(empty)  # the latest task was deleted: idle
+        return json_reply(idle)  # the latest task was deleted: idle
     if not explicit and record.status.is_terminal():
-        return web.json_response(empty)
+        return json_reply(idle)
     last = await ctx.tasks.last_progress(task_id)
-    state = {**empty["state"], "job": task_id, "job_count": 1, "task_id": task_id,
-             "interrupted": record.status is TaskStatus.CANCELLED}
-    body = {**empty, "state": state, "current_task": task_id}
+    body = msgspec.structs.replace(idle, current_task=task_id, state=msgspec.structs.replace(
+        idle.state, job=task_id, job_count=1, task_id=task_id, interrupted=record.status is TaskStatus.CANCELLED))
     if record.status is TaskStatus.COMPLETED:
-        body["progress"] = 1.0
+        body.progress = 1.0
     elif last is not None and record.status is TaskStatus.PROCESSING:
-        body.update(progress=last.fraction, eta_relative=last.eta_s or 0.0)
-        state.update(sampling_step=last.step, sampling_steps=last.total_steps)
+        body.progress, body.eta_relative = last.fraction, last.eta_s or 0.0
+        body.state.sampling_step, body.state.sampling_steps = last.step, last.total_steps
         if request.query.get("skip_current_image", "false").lower() != "true":
-            body["current_image"] = last.preview
-    return web.json_response(body)
+            body.current_image = last.preview
+    return json_reply(body)
 
 
 @DOCS.route("POST", PREFIX + "interrupt", "Stop the running task", response=EMPTY, errors=(401, 404),

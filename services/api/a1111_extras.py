@@ -16,7 +16,7 @@ from .a1111_replies import ExtrasBatchReply, ExtrasReply
 from .auth import Principal
 from .context import CTX
 from .errors import ApiError, invalid
-from .png_info import json_reply
+from .replies import json_reply
 
 
 @DOCS.route("POST", PREFIX + "png-info", "Read the generation parameters an image carries",

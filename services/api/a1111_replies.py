@@ -19,6 +19,46 @@ class ImagesReply(msgspec.Struct):
     info: str  # JSON: seeds, infotexts, task_id, ...
 
 
+class Info(msgspec.Struct):
+    """The JSON text in an images reply's `info`: A1111 1.10's Processed.js(), field by field; and
+    diffbus's `task_id` (the seed's extension) and `notes` (what ran differently from the request)."""
+
+    prompt: str
+    all_prompts: list[str]
+    negative_prompt: str
+    all_negative_prompts: list[str]
+    seed: int
+    all_seeds: list[int]
+    subseed: int
+    all_subseeds: list[int]
+    subseed_strength: float
+    width: int
+    height: int
+    sampler_name: str
+    cfg_scale: float
+    steps: int
+    batch_size: int
+    restore_faces: bool
+    face_restoration_model: str | None
+    sd_model_name: str
+    sd_model_hash: str | None
+    sd_vae_name: str | None
+    sd_vae_hash: str | None
+    seed_resize_from_w: int
+    seed_resize_from_h: int
+    denoising_strength: float | None
+    extra_generation_params: dict
+    index_of_first_image: int
+    infotexts: list[str]
+    styles: list[str]
+    job_timestamp: str
+    clip_skip: int
+    is_using_inpainting_conditioning: bool
+    version: str
+    task_id: str
+    notes: list[str]
+
+
 class ProgressState(msgspec.Struct):
     skipped: bool
     interrupted: bool

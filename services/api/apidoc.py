@@ -182,8 +182,9 @@ class _Schemas:
 
 def _short_names(refs: dict, defs: dict) -> tuple[dict, dict, dict]:
     """Models of the same name in two dialects: pydantic names them by module path
-    (services__api__fooocus__GenerateRequest); call them FooocusGenerateRequest instead."""
-    renames = {name: "".join(p[:1].upper() + p[1:] for p in name.split("__")[-2:])
+    (services__api__fooocus_request__GenerateRequest); call them FooocusGenerateRequest instead (the
+    dialect: the module's name up to its first underscore)."""
+    renames = {name: name.split("__")[-2].split("_")[0].capitalize() + name.split("__")[-1]
                for name in defs if "__" in name}
     if not renames:
         return refs, defs, renames

@@ -21,7 +21,7 @@ from .auth import Principal
 from .context import CTX
 from .errors import ApiError, FastApiError, invalid
 from .fooocus_replies import IMAGE, STREAM, TaskObject
-from .fooocus_request import IMAGE_FIELDS, GenerateRequest, to_request, req_params
+from .fooocus_request import IMAGE_FIELDS, GenerateRequest, req_params, to_request
 from .inputs import InputImage
 from .request import UpscaleRequest
 
@@ -71,10 +71,10 @@ async def build(ctx, req: GenerateRequest, file_url: FileUrl):
             response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
             errors=(401, 422, 500, 504))
 async def generate(request: web.Request) -> web.StreamResponse:
-    """POST /v1/engine/generate/: stream_output (checked first, as FooocusAPI) → `data:` lines until
-    "Finished"; async_process → the task object now; neither → the image itself (image_number forced
-    to 1; `Accept: image/png|jpeg|webp` picks its format), or with fooocus.sync_reply "json" and no image
-    type in Accept, the finished task object. Image fields take base64, data URIs or http(s) URLs
+    """POST /v1/engine/generate/, checked in FooocusAPI's order: an image type in `Accept` → the image
+    itself in that format (png for a type it cannot write; image_number forced to 1); stream_output →
+    `data:` lines until "Finished"; async_process → the task object now; none → the image (the seed's
+    binary reply), or with fooocus.sync_reply "json" the finished task object. Image fields take base64, data URIs or http(s) URLs
     (fetched under the webhook address rules); "None" or "" means no image."""
     ctx = request.app[CTX]
     who = principal(request)
@@ -91,8 +91,8 @@ async def generate(request: web.Request) -> web.StreamResponse:
             raise invalid(["webhook_url"], str(e)) from None
         await validation.webhook_target(webhook, "webhook_url", ctx.config)
     accept = _accepted_image(request.headers.get("Accept", ""))
-    binary = not req.stream_output and not req.async_process and (
-        accept is not None or ctx.config.fooocus.sync_reply == "binary")
+    binary = accept is not None or not req.stream_output and not req.async_process and \
+        ctx.config.fooocus.sync_reply == "binary"
     if binary:
         req.image_number = 1
         if accept is not None:
@@ -100,21 +100,22 @@ async def generate(request: web.Request) -> web.StreamResponse:
     file_url = ctx.file_urls(request)
     spec, params = await build(ctx, req, file_url)
     record = await ctx.tasks.submit(spec, who, dialect=DIALECT, callback_url=webhook, request=params)
-    if req.stream_output:  # FooocusAPI checks stream_output first
+    if binary:
+        return await _binary(ctx, who, record)
+    if req.stream_output:  # FooocusAPI checks stream_output before async_process
         return await _stream(request, who, record, req)
     if req.async_process:
         return web.json_response(task_object(record, file_url))
-    if binary:
-        return await _binary(ctx, who, record)
     return web.json_response(await _view(ctx, await ctx.tasks.wait(record.task_id, who), file_url))
 
 
 def _accepted_image(accept: str) -> str | None:
-    """The output format an `Accept: image/png|jpeg|webp` header asks for (the first listed)."""
+    """The output format the first image type listed in `Accept` asks for: png, jpeg or webp, and png
+    for any other (as FooocusAPI); None when no image type is listed (`image/*` and `*/*` name none)."""
     for part in accept.split(","):
-        found = ACCEPTED_IMAGES.get(part.split(";")[0].strip().lower())
-        if found:
-            return found
+        kind = part.split(";")[0].strip().lower()
+        if kind.startswith("image/") and kind != "image/*":
+            return ACCEPTED_IMAGES.get(kind, "png")
     return None
 
 

@@ -1,26 +1,9 @@
-"""The shapes of the FooocusAPI dialect's replies, for its OpenAPI description (fooocus_task.task_object
-and the fooocus handlers build them; the tests check live replies against them)."""
-
-from typing import Literal
+"""The shapes of the FooocusAPI dialect's replies: the handlers encode these Structs (the task object is
+services/views/fooocus_task.TaskObject, shared with the notifier), and the OpenAPI document describes them."""
 
 import msgspec
 
-
-class TaskObject(msgspec.Struct):
-    """A task as FooocusAPI's history keeps it."""
-
-    id: int  # the task's number (-1 before it has one)
-    task_id: str
-    req_params: dict  # the request as sent, input images as URLs
-    in_queue_mills: int | None
-    start_mills: int | None
-    finish_mills: int | None
-    task_status: Literal["pending", "running", "finished", "failed", "stop"]
-    progress: int  # 0-100
-    webhook_url: str
-    result: list[str]  # image URLs (base64 with require_base64)
-    error_message: str | None
-    preview: str | msgspec.UnsetType = msgspec.UNSET  # while running: the latest preview, a data URI
+from services.views.fooocus_task import TaskObject
 
 
 class TaskLists(msgspec.Struct):

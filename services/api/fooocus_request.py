@@ -40,7 +40,7 @@ NOT_HONOURED = {
     "mixing_image_prompt_and_inpaint": False, "debugging_cn_preprocessor": False, "skipping_cn_preprocessor": False,
     "freeu_enabled": False, "debugging_inpaint_preprocessor": False, "inpaint_disable_initial_latent": False,
     "inpaint_engine": "v2.6", "inpaint_respective_field": 0.618, "controlnet_image": [],
-    "generate_image_grid": False, "black_out_nsfw": False,
+    "generate_image_grid": False, "black_out_nsfw": False, "enhance_checkbox": False,
 }
 IMAGE_FIELDS = ("uov_input_image", "inpaint_input_image", "inpaint_mask_image_upload")
 NO_IMAGE = ("", "None", "none", "null", "string")  # FooocusAPI reads these as no image (its defaults are "None")
@@ -118,6 +118,7 @@ class GenerateRequest(BaseModel):
     invert_mask_checkbox: bool = False
     inpaint_erode_or_dilate: int = Field(0, ge=-64, le=64)
     controlnet_image: list = []
+    enhance_checkbox: bool = False  # FooocusAPI 2.5's enhance (enhance_input_image, enhance_ctrls...)
     generate_image_grid: bool = False
     preset: str | None = None
     read_wildcards_in_order: bool = False

@@ -9,9 +9,9 @@ from schemas.queries import TaskList
 from . import apidoc, history
 from .context import CTX
 from .fooocus import DOCS, _view, principal
-from .fooocus_request import styles
 from .fooocus_replies import AllModels, ControlReply, ModelDetails, TaskLists, TaskObject
-from .png_info import json_reply
+from .fooocus_request import styles
+from .replies import json_reply
 
 TIME_PARAMS = (apidoc.Param("start_at", description="ISO 8601, e.g. 2024-07-03T12:22:30 (UTC without a zone)"),
                apidoc.Param("end_at", description="ISO 8601; default now"))
@@ -89,8 +89,8 @@ async def control(request: web.Request) -> web.Response:
     running = await ctx.tasks.page(TaskList(owner=who.owner, statuses=[TaskStatus.PROCESSING]))
     for record in running.tasks:
         await ctx.tasks.cancel(record.task_id, who)
-    return web.json_response({"message": f"{action}: {len(running.tasks)} task(s)",
-                              "task_ids": [r.task_id for r in running.tasks]})
+    return json_reply(ControlReply(message=f"{action}: {len(running.tasks)} task(s)",
+                                   task_ids=[r.task_id for r in running.tasks]))
 
 
 @DOCS.route("GET", "/ping", "Is the service up", security=(), response={"const": "pong"}, media_type="text/plain")

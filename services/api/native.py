@@ -15,8 +15,8 @@ from . import request as request_layer
 from .context import CTX
 from .errors import ApiError, FastApiError
 from .inputs import InputImage
-from .native_replies import ModelList, TaskCreated
-from .png_info import json_reply
+from .native_replies import ModelList, ModelView, TaskCreated
+from .replies import json_reply
 from .request import GenerationRequest, HiresRequest, InpaintOptions
 
 DIALECT = "native"
@@ -183,12 +183,13 @@ async def list_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     _principal(request)
     live = ctx.workers.live()
-    return web.json_response({"default": ctx.config.default_model, "models": [
-        {"name": m.name, "loaded": any(m.name in w.models_loaded for w in live),
-         "workers": sum(m.name in w.models_served for w in live),
-         "width": ctx.workers.default_size(m)[0], "height": ctx.workers.default_size(m)[1],
-         "family": (info := ctx.workers.model_info(m.name)) and info.family, "sha256": info and info.sha256}
-        for m in ctx.config.models]})
+    models = []
+    for m in ctx.config.models:
+        info, (width, height) = ctx.workers.model_info(m.name), ctx.workers.default_size(m)
+        models.append(ModelView(name=m.name, loaded=any(m.name in w.models_loaded for w in live),
+                                workers=sum(m.name in w.models_served for w in live), width=width, height=height,
+                                family=info and info.family, sha256=info and info.sha256))
+    return json_reply(ModelList(default=ctx.config.default_model, models=models))
 
 
 def register(app: web.Application) -> None:

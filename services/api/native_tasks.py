@@ -14,7 +14,7 @@ from .context import CTX
 from .errors import ApiError
 from .native import DOCS, _principal
 from .native_replies import CancelView, TaskPageView, TaskView
-from .png_info import json_reply
+from .replies import json_reply
 
 
 def iso(ts: float) -> str:

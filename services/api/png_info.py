@@ -12,6 +12,7 @@ from services import imaging
 
 from . import validation
 from .context import CTX
+from .replies import json_reply
 
 
 class PngInfoRequest(BaseModel):
@@ -22,11 +23,6 @@ class PngInfo(msgspec.Struct):
     info: str  # the `parameters` text, A1111's format
     parameters: dict  # the same, parsed
     items: dict[str, str]  # other text chunks
-
-
-def json_reply(reply: msgspec.Struct | list | None, status: int = 200) -> web.Response:
-    """A reply encoded from the Struct its route documents."""
-    return web.Response(body=msgspec.json.encode(reply), status=status, content_type="application/json")
 
 
 async def reply(request: web.Request) -> web.Response:

@@ -261,12 +261,11 @@ async def get_task_state(request: web.Request, who: Principal, body) -> dict | N
     images = [base64.b64encode(await ctx.tasks.storage.get(i.key) or b"").decode() for i in record.images]
     first = record.images[0] if record.images else None
     error = record.error_message or ("cancelled" if record.status is TaskStatus.CANCELLED else None)
-    return {
-        "id": record.number, "status": STATUS[record.status], "type": task_type(record),
-        "comment": (record.request or {}).get("comment"), "errMsg": error, "progress": progress,
-        "resultImages": images or None, "resultSeed": getattr(record.spec, "seed", None) if first else None,
-        "resultWidth": first.width if first else None, "resultHeight": first.height if first else None,
-    }
+    return msgspec.to_builtins(TaskState(
+        id=record.number, status=STATUS[record.status], type=task_type(record),
+        comment=(record.request or {}).get("comment"), errMsg=error, progress=progress,
+        resultImages=images or None, resultSeed=getattr(record.spec, "seed", None) if first else None,
+        resultWidth=first.width if first else None, resultHeight=first.height if first else None))
 
 
 def register(app: web.Application) -> None:
