@@ -135,7 +135,7 @@ class A1111Request(BaseModel):
 NAMES = {"steps": ["steps"], "guidance_scale": ["cfg_scale"], "num_images": ["batch_size"],
          "init_image": ["init_images", 0], "mask_image": ["mask"], "strength": ["denoising_strength"],
          "model": ["sd_model_checkpoint"], "hr_steps": ["hr_second_pass_steps"], "hires": ["enable_hr"],
-         "loras": ["prompt"], "scheduler": ["sampler_name"], "outpaint": ["init_images", 0]}
+         "loras": ["prompt"], "scheduler": ["sampler_name"]}
 
 
 def principal(request: web.Request) -> Principal:

@@ -197,7 +197,7 @@ def default_aspect(native: tuple[int, int]) -> tuple[int, int]:
 NAMES = {"num_images": ["image_number"], "steps": ["overwrite_step"], "seed": ["image_seed"],
          "model": ["base_model_name"], "mask_image": ["inpaint_mask_image_upload"],
          "width": ["aspect_ratios_selection"], "height": ["aspect_ratios_selection"], "scheduler": ["sampler_name"],
-         "outpaint": ["outpaint_distance"], "quality": ["output_format"]}
+         "outpaint": ["outpaint_distance"]}
 
 
 def _check_modes(req: GenerateRequest) -> None:
