@@ -68,7 +68,7 @@ class Retention:
         return expired
 
     def _expired(self, cutoff: float) -> list[TaskRecord]:
-        rows = self.tasks.db.execute("SELECT record FROM tasks WHERE created_at < ? ORDER BY created_at LIMIT ?",
+        rows = self.tasks.conn.execute("SELECT record FROM tasks WHERE created_at < ? ORDER BY created_at LIMIT ?",
                                      [cutoff, BATCH]).fetchall()
         return [decode(row[0].encode(), TaskRecord) for row in rows]
 
@@ -82,13 +82,13 @@ class Retention:
         for key in input_keys(record):
             if not self._used_since(key, cutoff):
                 await self.store.delete(key)
-        with self.tasks.db.conn:
-            self.tasks.db.execute("DELETE FROM tasks WHERE task_id = ?", [record.task_id])
+        with self.tasks.conn:
+            self.tasks.conn.execute("DELETE FROM tasks WHERE task_id = ?", [record.task_id])
 
     def _used_since(self, key: str, cutoff: float) -> bool:
         """Whether a task made at or after `cutoff` uses the stored input `key` (inputs are stored once
         per content and shared)."""
-        return self.tasks.db.execute(
+        return self.tasks.conn.execute(
             "SELECT 1 FROM tasks WHERE kind != 'txt2img' AND created_at >= ? AND instr(record, ?) LIMIT 1",
             [cutoff, f'"{key}"']).fetchone() is not None
 
@@ -99,5 +99,5 @@ class Retention:
             first = (await self.js.stream_info(subjects.TASKS)).state.first_seq
         except NotFoundError:
             return
-        with self.tasks.db.conn:
-            self.tasks.db.execute("DELETE FROM deleted WHERE last_seq < ?", [first])
+        with self.tasks.conn:
+            self.tasks.conn.execute("DELETE FROM deleted WHERE last_seq < ?", [first])
