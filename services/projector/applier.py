@@ -13,7 +13,7 @@ from .db import TaskDB
 
 log = logging.getLogger("diffbus.projector")
 
-BATCH = 1024  # events applied in one transaction at most (a rebuild commits this many at a time)
+BATCH = 4096  # events applied in one transaction at most (a rebuild commits this many at a time)
 APPLY_AFTER_S = 0.05  # events wait at most this long to be applied with others (queries do not wait)
 MAX_POSITIONS = 1000  # queue positions are published for the first this many pending tasks
 POSITIONS_EVERY_S = 1.0  # a deep queue moves on every batch: its positions are published at most this often

@@ -4,6 +4,9 @@ Each row keeps the stream sequence of the last event applied to it, so applying 
 redelivery, a replay) changes nothing. Commits are not fsynced (WAL, synchronous=NORMAL): a crash of
 the process loses nothing, and what a power cut loses is caught at the next start by `applied_seq`
 (the last stream sequence applied) falling behind the consumer's ack floor, which rebuilds.
+
+A database being built from the stream keeps its journal in memory and is not fsynced until `built`, when it
+turns to WAL and is marked with its version: a database whose build a crash cut short is built again.
 """
 
 import sqlite3
@@ -35,6 +38,8 @@ def is_current(path: Path) -> bool:
     conn = sqlite3.connect(path)
     try:
         return conn.execute("PRAGMA user_version").fetchone()[0] == PROJECTION_VERSION
+    except sqlite3.DatabaseError:  # not a database: a build cut short by a power cut
+        return False
     finally:
         conn.close()
 
@@ -44,11 +49,27 @@ class TaskDB:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.conn = sqlite3.connect(str(path))  # a transaction begins at the first write; `with conn` commits
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
-        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone():
+        self.building = not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'tasks'").fetchone()
+        if self.building:  # pages written once, straight into the database, never fsynced
+            self.conn.execute("PRAGMA journal_mode=MEMORY")  # a failed batch still rolls back
+            self.conn.execute("PRAGMA synchronous=OFF")
             self.conn.executescript(TABLES)
+        else:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+
+    def built(self) -> None:
+        """The build from the stream has reached the stream's end as it was at the start: write it to
+        disk, mark it with its version, and from here on commit as usual."""
+        if not self.building:
+            return
+        self.building = False
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.conn.execute("PRAGMA journal_mode=WAL")  # switching fsyncs what was written
+        self.conn.execute(f"PRAGMA user_version = {PROJECTION_VERSION}")
+        self.conn.commit()
+        self.conn.execute("PRAGMA synchronous=NORMAL")
 
     @property
     def applied_seq(self) -> int:

@@ -31,6 +31,15 @@ async def subscribe_events(js, applier: Applier):
         "projector consumer")
 
 
+async def finish_build(js, tasks: TaskDB, applier: Applier) -> None:
+    """A database built from the stream is marked built once it holds what the stream held at the start."""
+    head = (await js.stream_info(subjects.TASKS)).state.last_seq
+    await applier.until(head)
+    applier.apply()
+    tasks.built()
+    log.info("built from the TASKS stream up to sequence %d", head)
+
+
 async def run(config: Config, rebuild: bool = False, clock=time.time) -> None:
     in_memory = config.projector.db == ":memory:"
     db_path = Path(db.MEMORY) if in_memory else config.data_path / config.projector.db
@@ -48,6 +57,8 @@ async def run(config: Config, rebuild: bool = False, clock=time.time) -> None:
         await queries.start()
         stack.push_async_callback(queries.stop)
         stack.callback(applier.apply)
+        if tasks.building:
+            stack.callback(asyncio.create_task(finish_build(js, tasks, applier)).cancel)
         events = await subscribe_events(js, applier)
         stack.push_async_callback(events.unsubscribe)
         retention = Retention(config, js, await storage.open_storage(config, js), tasks, clock)
