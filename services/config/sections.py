@@ -197,6 +197,9 @@ class WorkerConfig(Section):
     retry_delay_s: Seconds = 2.0  # wait before a transiently failed job's next attempt, doubled per attempt
     retry_delay_max_s: Seconds = 60.0  # ... up to this
     announce_every_s: Seconds = 5.0
+    # After a doorbell (a job published) the pull for it waits this long for the job to be stored (on a
+    # cluster the bell rings before replication ends): the job goes to a worker already waiting at the server.
+    pull_after_ring_s: Seconds = 0.25
     max_loaded_models: Positive = 2  # pipelines kept loaded; the least recently used goes first
     max_loaded_gb: Annotated[float, msgspec.Meta(gt=0)] | None = None  # and their weights' size
     lora_dir: str | None = None  # LoRA files (.safetensors); default: data_dir/loras

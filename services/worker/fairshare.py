@@ -13,10 +13,13 @@ subscription on `jobs.generate.<priority>.<model>.*`, one message per job publis
 the pending count of the consumer it pulled from (exact, in each message's metadata), and, after an idle
 spell, one STREAM.INFO filtered to the model and priority (messages per key). So a dispatch costs the
 same one pull request as without fair sharing; the order is fair per worker (each keeps its own passes).
+A pull for a key whose job was published lately waits (`worker.pull_after_ring_s`) for it to be stored.
 """
 
 import dataclasses
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 
 import nats.errors
@@ -46,13 +49,16 @@ class FairQueue:
     job loop: fetch(batch, timeout) and unsubscribe(); `holds_more` says whether any key still waits."""
 
     def __init__(self, js, nc, subject: str, durable: str, consumer: ConsumerConfig, config: Config,
-                 ring: Callable[[], None], on_max_deliveries: Callable[[object], Awaitable[None]]):
+                 ring: Callable[[], None], on_max_deliveries: Callable[[object], Awaitable[None]],
+                 short_s: float = 0.05):
         self.js, self.nc = js, nc
         self.subject, self.durable = subject, durable
         self.consumer = dataclasses.replace(consumer, inactive_threshold=KEY_CONSUMER_IDLE_S)
         self.weights, self.default_weight = weights(config), config.quotas.weight
         self.ring, self.on_max_deliveries = ring, on_max_deliveries
         self.waiting: dict[str, int] = {}  # key -> jobs believed to wait
+        self.rang: dict[str, float] = {}  # key -> when a job of its was last published (monotonic)
+        self.short_s, self.after_ring_s = short_s, config.worker.pull_after_ring_s
         self.passes: dict[str, float] = {}  # key -> its pass (stride scheduling)
         self.now = 0.0  # the pass of the key served last
         self.subs: dict[str, object] = {}  # key -> pull subscription on its consumer
@@ -82,6 +88,7 @@ class FairQueue:
     async def _on_job(self, msg) -> None:
         key = msg.subject.rsplit(".", 1)[1]
         self.waiting[key] = self.waiting.get(key, 0) + 1
+        self.rang[key] = time.monotonic()
         self.ring()
 
     async def _on_advisory(self, msg) -> None:
@@ -104,7 +111,8 @@ class FairQueue:
             await self.refresh()
         for key in self.turns():
             sub = await self._pull(key)
-            msgs = await bus.fetch(sub, batch, timeout)
+            rang_left = self.rang.get(key, -math.inf) + self.after_ring_s - time.monotonic()
+            msgs = await bus.fetch(sub, batch, min(timeout, max(self.short_s, rang_left)))  # see Queues.pull_wait
             if not msgs:  # taken by another worker, or the pull failed (a new consumer electing its leader)
                 self.waiting[key] = await self._pending(sub)
                 continue

@@ -4,6 +4,8 @@ is gathered (heartbeated meanwhile), and the heartbeat itself."""
 
 import asyncio
 import logging
+import math
+import time
 from collections import deque
 
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -17,7 +19,7 @@ from .fairshare import FairQueue
 log = logging.getLogger("diffbus.worker")
 
 IDLE_POLL_S = 1.0  # without a doorbell, look at every queue this often (redeliveries ring no bell)
-FETCH_S = 0.05  # how long a pull request waits on a queue believed to hold work
+FETCH_S = 0.05  # how long a pull request waits on a queue believed to hold work (no job rung for lately)
 
 
 class Queues:
@@ -30,6 +32,7 @@ class Queues:
         self.index_of: dict[str, int] = {}  # job subject -> index in pulls
         self.fair_of: dict[str, int] = {}  # job subject -> index of its FairQueue (fair sharing)
         self.ready: set[int] = set()  # queues believed to hold work
+        self.rang: dict[int, float] = {}  # queue index -> when its doorbell last rang (monotonic)
         self.subs: list = []  # core subscriptions
         self.held: deque = deque()  # fetched while gathering a batch, run next
         self.holding: dict[int, asyncio.Task] = {}  # id(msg) -> its heartbeat while held
@@ -44,7 +47,8 @@ class Queues:
                 self.fair_of[subject] = index
                 self.pulls.append(await FairQueue(
                     self.js, self.nc, subject, durable, self._consumer_config(), config,
-                    ring=lambda i=index: self._ring_queue(i), on_max_deliveries=on_max_deliveries).start())
+                    ring=lambda i=index: self._ring_queue(i), on_max_deliveries=on_max_deliveries,
+                    short_s=FETCH_S).start())
             self.index_of[subject] = len(self.pulls)  # jobs queued with no key (fair sharing off)
             self.pulls.append(await bus.retry(
                 lambda subject=subject, durable=durable: self.js.pull_subscribe(
@@ -64,7 +68,13 @@ class Queues:
 
     def _ring_queue(self, index: int) -> None:
         self.ready.add(index)
+        self.rang[index] = time.monotonic()
         self.doorbell.set()
+
+    def pull_wait(self, index: int) -> float:
+        """How long a pull on queue `index` waits: until a job rung for lately is stored, else briefly."""
+        left = self.rang.get(index, -math.inf) + self.config.pull_after_ring_s - time.monotonic()
+        return max(FETCH_S, left)
 
     def index(self, subject: str) -> int:
         """Which pull a job's subject is served from (a key's subject: its fair-shared queue)."""
@@ -88,7 +98,7 @@ class Queues:
                 self.ready.update(range(len(self.pulls)))
             return None
         index = min(self.ready)
-        fetched = await bus.fetch(self.pulls[index], 1, FETCH_S)
+        fetched = await bus.fetch(self.pulls[index], 1, self.pull_wait(index))
         holds_more = getattr(self.pulls[index], "holds_more", False)  # a fair-shared queue knows better
         if not fetched:
             if not holds_more:
