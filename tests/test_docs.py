@@ -83,6 +83,21 @@ async def test_every_route_of_the_app_is_in_openapi_json(client, stack):
     assert documented <= app_routes(stack)
 
 
+SUBMIT_ROUTES = ["/api/v1/generate", "/api/v1/upscale", "/sdapi/v1/txt2img", "/sdapi/v1/img2img",
+                 "/sdapi/v1/extra-single-image", "/sdapi/v1/extra-batch-images", "/v1/engine/generate/",
+                 "/v1/engine/generate", "/api/Task/submitTxt2ImgTask", "/api/Task/submitImg2ImgTask",
+                 "/api/Task/submitUpscaleTask"]
+
+
+async def test_every_submit_route_declares_429_with_retry_after(client):
+    doc = await get_json(client, "/openapi.json")
+    for path in SUBMIT_ROUTES:
+        refused = doc["paths"][path]["post"]["responses"].get("429")
+        assert refused is not None, f"{path} does not declare 429 (a key's quota reached)"
+        assert refused["headers"]["Retry-After"]["schema"]["type"] == "integer", path
+    assert "429" not in doc["paths"]["/api/v1/tasks"]["get"]["responses"]  # listing queues nothing
+
+
 async def test_the_generate_request_schema_is_the_model_the_handler_validates_with(client):
     doc = await get_json(client, "/openapi.json")
     generate = doc["paths"]["/api/v1/generate"]["post"]

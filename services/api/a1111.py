@@ -286,7 +286,7 @@ def info(spec, task_id: str, chosen: samplers.Resolution, styles: list[str]) -> 
 
 
 @DOCS.route("POST", PREFIX + "txt2img", "txt2img, answered when the images are done", body=A1111Request,
-            response=ImagesReply, errors=(401, 409, 422, 500, 504), examples=seed_examples.A1111_TXT2IMG,
+            response=ImagesReply, errors=(401, 409, 422, 429, 500, 504), examples=seed_examples.A1111_TXT2IMG,
             description="batch_size × n_iter images with consecutive seeds; sampler_name and scheduler in "
                         "A1111's names; task_id (the seed's extension) names the task for /sdapi/v1/progress.")
 async def txt2img(request: web.Request) -> web.Response:
@@ -294,7 +294,7 @@ async def txt2img(request: web.Request) -> web.Response:
 
 
 @DOCS.route("POST", PREFIX + "img2img", "img2img (and inpaint with mask), answered when done", body=A1111Request,
-            response=ImagesReply, errors=(401, 409, 422, 500, 504), examples=seed_examples.A1111_IMG2IMG)
+            response=ImagesReply, errors=(401, 409, 422, 429, 500, 504), examples=seed_examples.A1111_IMG2IMG)
 async def img2img(request: web.Request) -> web.Response:
     return await _generate(request, img2img=True)
 

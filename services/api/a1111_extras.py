@@ -93,7 +93,7 @@ async def _extras_request(request: web.Request, model: type[ExtrasRequest]):
 
 
 @DOCS.route("POST", PREFIX + "extra-single-image", "Upscale one image, answered when done",
-            body=ExtrasSingleRequest, response=ExtrasReply, errors=(401, 422, 500, 504),
+            body=ExtrasSingleRequest, response=ExtrasReply, errors=(401, 422, 429, 500, 504),
             examples=seed_examples.A1111_EXTRAS)
 async def extra_single_image(request: web.Request) -> web.Response:
     """POST /sdapi/v1/extra-single-image: an upscale task, waited for; {html_info, image}."""
@@ -105,7 +105,7 @@ async def extra_single_image(request: web.Request) -> web.Response:
 
 
 @DOCS.route("POST", PREFIX + "extra-batch-images", "Upscale several images, answered when all are done",
-            body=ExtrasBatchRequest, response=ExtrasBatchReply, errors=(401, 422, 500, 504))
+            body=ExtrasBatchRequest, response=ExtrasBatchReply, errors=(401, 422, 429, 500, 504))
 async def extra_batch_images(request: web.Request) -> web.Response:
     """POST /sdapi/v1/extra-batch-images {imageList: [{data, name}], …}: one upscale task per image
     (at most limits.max_images), run side by side; {html_info, images}."""

@@ -50,6 +50,7 @@ STATUS_TEXT = {
     409: "The task already finished",
     413: "The request body is over api.max_body_bytes",
     422: "Invalid request: every invalid field is named",
+    429: "A quota of the key is reached (quotas: max_queued, max_running, per_minute): nothing was queued",
     500: "The task failed",
     503: "Not available on this server",
     504: "The task did not finish within api.sync_timeout_s",
@@ -231,6 +232,9 @@ def _operation(op: Operation, schemas: _Schemas, config: Config) -> dict:
         error: dict = {"description": STATUS_TEXT.get(status, "Error")}
         if op.error_model is not None:
             error["content"] = {"application/json": {"schema": schemas.of(op.error_model)}}
+        if status == 429:
+            error["headers"] = {"Retry-After": {"description": "Seconds to wait before submitting again",
+                                                "schema": {"type": "integer", "minimum": 1}}}
         responses[str(status)] = error
     out["responses"] = responses
     out["security"] = [{name: []} for name in op.security]  # any one of them; [] for no auth

@@ -66,10 +66,10 @@ async def build(ctx, req: GenerateRequest, file_url: FileUrl):
 
 @DOCS.route("POST", "/v1/engine/generate/", "Generate: a task object, a stream or the image", body=GenerateRequest,
             response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
-            errors=(401, 422, 500, 504), examples=seed_examples.FOOOCUS_GENERATE)
+            errors=(401, 422, 429, 500, 504), examples=seed_examples.FOOOCUS_GENERATE)
 @DOCS.route("POST", "/v1/engine/generate", "Generate (as /v1/engine/generate/)", body=GenerateRequest,
             response=TaskObject, alternatives={"text/event-stream": STREAM, "image/*": IMAGE},
-            errors=(401, 422, 500, 504))
+            errors=(401, 422, 429, 500, 504))
 async def generate(request: web.Request) -> web.StreamResponse:
     """POST /v1/engine/generate/, checked in FooocusAPI's order: an image type in `Accept` → the image
     itself in that format (png for a type it cannot write; image_number forced to 1); stream_output →

@@ -112,7 +112,7 @@ async def _submit(request: web.Request, spec, principal, req: TaskRequest) -> we
 
 
 @DOCS.route("POST", "/api/v1/generate", "Generate images (txt2img, img2img, inpaint, outpaint, hires fix)",
-            body=GenerateRequest, response=TaskCreated, errors=(401, 413, 422), params=ID_PARAMS,
+            body=GenerateRequest, response=TaskCreated, errors=(401, 413, 422, 429), params=ID_PARAMS,
             examples=seed_examples.NATIVE_GENERATE, description=(
                 "A task is queued and its id returned at once. No init_image: txt2img; init_image (a data URI): "
                 "img2img; with mask_image: inpaint; with outpaint: outpaint. Poll GET /api/v1/tasks/{task_id}, "
@@ -157,7 +157,7 @@ class UpscaleRequest(TaskRequest):
 
 
 @DOCS.route("POST", "/api/v1/upscale", "Upscale an image", body=UpscaleRequest, response=TaskCreated,
-            errors=(401, 413, 422), params=ID_PARAMS, examples=seed_examples.NATIVE_UPSCALE)
+            errors=(401, 413, 422, 429), params=ID_PARAMS, examples=seed_examples.NATIVE_UPSCALE)
 async def upscale(request: web.Request) -> web.Response:
     """POST /api/v1/upscale: a task like any other; the result has round(w·scale)×round(h·scale) pixels."""
     ctx = request.app[CTX]

@@ -196,7 +196,7 @@ async def _submit(request: web.Request, who: Principal, spec, args: dict) -> int
 
 
 @DOCS.route("POST", PREFIX + "submitTxt2ImgTask", "Submit a txt2img task", body=body_schema(TXT2IMG),
-            response=Submitted, errors=(400, 401, 422), examples=seed_examples.SDWM_TXT2IMG)
+            response=Submitted, errors=(400, 401, 422, 429), examples=seed_examples.SDWM_TXT2IMG)
 @handler
 async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
     ctx = request.app[CTX]
@@ -207,7 +207,7 @@ async def submit_txt2img(request: web.Request, who: Principal, body) -> int:
 
 
 @DOCS.route("POST", PREFIX + "submitImg2ImgTask", "Submit an img2img task", body=body_schema(IMG2IMG),
-            response=Submitted, errors=(400, 401, 422), examples=seed_examples.SDWM_IMG2IMG)
+            response=Submitted, errors=(400, 401, 422, 429), examples=seed_examples.SDWM_IMG2IMG)
 @handler
 async def submit_img2img(request: web.Request, who: Principal, body) -> int:
     """One image from each initial image, each first resized to width×height by resizeMode
@@ -227,7 +227,7 @@ async def submit_img2img(request: web.Request, who: Principal, body) -> int:
 
 
 @DOCS.route("POST", PREFIX + "submitUpscaleTask", "Submit an upscale task",
-            body=body_schema(UPSCALE, {"comment": STRING}), response=Submitted, errors=(400, 401, 422),
+            body=body_schema(UPSCALE, {"comment": STRING}), response=Submitted, errors=(400, 401, 422, 429),
             examples=seed_examples.SDWM_UPSCALE)
 @handler
 async def submit_upscale(request: web.Request, who: Principal, body) -> int:
