@@ -22,7 +22,7 @@ from . import listing
 from .schema import COLUMNS, PROJECTION_VERSION, TABLES, UPSERT
 
 MEMORY = ":memory:"  # a database that lives as long as the projector (rebuilt at each start)
-CACHE_MB = 256  # SQLite's page cache: the task_id index takes random inserts, and misses cost a read each
+CACHE_MB = 256  # SQLite's page cache by default (projector.cache_mb)
 LOOKUP_CHUNK = 500  # task ids looked up in one query
 
 

@@ -47,7 +47,7 @@ async def run(config: Config, rebuild: bool = False, clock=time.time) -> None:
         nc = await stack.enter_async_context(bus.serving(config, "projector"))
         js = nc.jetstream()
         await rebuilding.prepare(js, db_path, asked=rebuild or in_memory)
-        tasks = TaskDB(db_path)
+        tasks = TaskDB(db_path, config.projector.cache_mb)
         stack.callback(tasks.close)
         queue = QueuePositions(nc)
         stack.callback(queue.cancel)
