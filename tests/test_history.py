@@ -3,8 +3,9 @@
 from datetime import UTC, datetime, timedelta
 
 from schemas import subjects
-from schemas.events import Accepted, Completed, Deleted, ImageResult
+from schemas.events import Accepted, Cancelled, Completed, Deleted, Failed, ImageResult, Started, TaskStatus
 from schemas.jobs import Txt2Img
+from schemas.queries import TaskList
 from services.projector.db import TaskDB
 
 from .stack import ALICE, BOB
@@ -102,3 +103,39 @@ def test_a_rebuilt_projection_does_not_resurrect_deleted_tasks(tmp_path):
         rebuilt.apply([pair])
     assert rebuilt.get("t1") is None and rebuilt.get("t2").number == 2
     rebuilt.close()
+
+
+def test_pages_and_totals_match_the_rows_whatever_index_serves_them(tmp_path):
+    """Totals come from the counts the projector keeps and pages from one index or another (by status
+    when the statuses asked for are rare): every combination must give what filtering the rows gives."""
+    spec = Txt2Img(model="demo", prompt="x", width=64, height=64, steps=2, guidance_scale=7, seed=1)
+    db, events, seq = TaskDB(tmp_path / "tasks.db"), [], 0
+    for i in range(300):
+        owner, task_id, at = ("alice" if i % 3 else "bob"), f"t{i:03d}", 1000.0 + i // 2  # ties in created_at
+        ends = [Started(task_id=task_id, at=at, worker="w"), Completed(task_id=task_id, at=at, worker="w",
+                images=[], elapsed_s=1), Failed(task_id=task_id, at=at, error="x"), Cancelled(task_id=task_id, at=at)]
+        for event in [Accepted(task_id=task_id, at=at, owner=owner, spec=spec)] + ends[:i % 5][-1:]:  # 0: pending
+            seq += 1
+            events.append((seq, event))
+    events.append((seq + 1, Deleted(task_id="t001", at=2000.0, by="alice")))
+    db.apply([pair for pair in events if isinstance(pair[1], Accepted)])
+    db.apply([pair for pair in events if not isinstance(pair[1], Accepted)])  # every task changes status
+    rows = [(r["owner"], r["status"], r["created_at"], r["number"]) for r in db.rows()]
+    status_sets = [[], [TaskStatus.PENDING], [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED],
+                   [TaskStatus.PROCESSING, TaskStatus.PENDING], [TaskStatus.FAILED, TaskStatus.CANCELLED]]
+    for owner in ("alice", "bob"):
+        for statuses in status_sets:
+            for created_from, created_to in [(None, None), (1020.0, 1090.5), (None, 1011.0)]:
+                for oldest_first in (False, True):
+                    want = sorted((r for r in rows if r[0] == owner and (not statuses or r[1] in statuses)
+                                   and (created_from is None or r[2] >= created_from)
+                                   and (created_to is None or r[2] < created_to)),
+                                  key=lambda r: (r[2], r[3]), reverse=not oldest_first)
+                    for offset, limit in [(0, 7), (5, 20), (len(want) - 3, 10)]:
+                        found, total = db.page(TaskList(owner=owner, statuses=statuses, created_from=created_from,
+                                                        created_to=created_to, offset=max(offset, 0), limit=limit,
+                                                        oldest_first=oldest_first))
+                        assert total == len(want)
+                        assert [t.number for t in found] == [r[3] for r in want[max(offset, 0):max(offset, 0) + limit]]
+    assert db.get("t001") is None and db.page(TaskList(owner="alice", limit=0))[1] == 199  # t001 deleted
+    db.close()
