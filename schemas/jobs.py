@@ -24,6 +24,9 @@ SCHEDULERS = (
     "UniPCMultistepScheduler",
     "DPMSolverSinglestepScheduler",
     "LCMScheduler",
+    "FlowMatchEulerDiscreteScheduler",  # flow-matching models (SD3, Flux)
+    "FlowMatchHeunDiscreteScheduler",
+    "FlowMatchLCMScheduler",
 )
 
 
@@ -55,7 +58,8 @@ class GenerationSpec(msgspec.Struct, kw_only=True, tag_field="kind"):
     height: int
     num_images: int = 1
     steps: int
-    guidance_scale: float
+    guidance_scale: float  # classifier-free guidance; for Flux dev, its distilled guidance
+    true_cfg_scale: float | None = None  # Flux: real CFG with the negative prompt (above 1; twice the work)
     scheduler: str | None = None  # None: the model's own scheduler
     scheduler_options: dict[str, bool | str] = {}  # e.g. use_karras_sigmas, algorithm_type
     seed: int  # image i uses seed + i (unless seed_increment is off)

@@ -40,7 +40,8 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo-model", help="build the tiny random-weight demo model into a folder")
     demo.add_argument("path")
     demo.add_argument("--seed", type=int, default=0, help="another seed, another model")
-    demo.add_argument("--family", default="sd1", choices=("sd1", "sdxl"), help="the model family (default sd1)")
+    demo.add_argument("--family", default="sd1", choices=("sd1", "sdxl", "sd3", "flux", "flux-schnell"),
+                      help="the model family (default sd1; flux-schnell: Flux without distilled guidance)")
     demo.add_argument("--inpainting", action="store_true", help="an inpainting model (a 9-channel UNet)")
     demo.add_argument("--single-file", action="store_true",
                       help="write PATH as one original-layout .safetensors checkpoint (its diffusers folder, "

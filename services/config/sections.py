@@ -120,7 +120,7 @@ class ModelConfig(Section):
     scheduler: str | None = None  # default scheduler class name; None: the model's own
     # None: told from the files (model_index.json, a checkpoint's tensor names); one module per family
     # in services/gpu_worker/families
-    family: Literal["sd1", "sdxl"] | None = None
+    family: Literal["sd1", "sdxl", "sd3", "flux"] | None = None
     vae: str | None = None  # another VAE (a diffusers folder or one .safetensors), e.g. an fp16-safe SDXL VAE
 
 

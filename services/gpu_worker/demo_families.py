@@ -5,7 +5,7 @@ text and size ids, SDXL's VAE scaling factor)."""
 
 from pathlib import Path
 
-FAMILIES = ("sd1", "sdxl")
+FAMILIES = ("sd1", "sdxl", "sd3", "flux")
 
 
 def _clip_config(tokenizer, hidden: int, projection: int = 32):
@@ -54,12 +54,87 @@ def build_sdxl(tokenizer_folder: Path, in_channels: int = 4):
         force_zeros_for_empty_prompt=True)
 
 
+def t5_tokenizer():
+    """A T5 tokenizer without a sentencepiece file: a Unigram vocabulary of one piece per character
+    (and `▁`), which tokenizes any text, written with the `tokenizers` library."""
+    from transformers import T5TokenizerFast
+
+    chars = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(161, 256)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [(c, -5.0) for c in chars]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def t5_encoder(tokenizer):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, dropout_rate=0.0,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, tie_word_embeddings=False)).eval()
+
+
+def _flow_vae(scaling_factor: float, shift_factor: float):
+    """A 16-channel VAE with the real model's constants (no quant convs, as SD3's and Flux's)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 32, 64, 64), in_channels=3, out_channels=3, latent_channels=16,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1, norm_num_groups=32, sample_size=128, use_quant_conv=False, use_post_quant_conv=False,
+        scaling_factor=scaling_factor, shift_factor=shift_factor).eval()
+
+
+def build_sd3(tokenizer_folder: Path):
+    """SD 3.5's structure in miniature: two CLIP encoders with projection, T5, an MMDiT transformer."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=77)
+    tokenizer_2 = CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=77, pad_token="!")
+    t5 = t5_tokenizer()
+    transformer = SD3Transformer2DModel(  # joint attention takes T5's width (64); pooled = 32 + 32
+        sample_size=32, patch_size=2, in_channels=16, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64, out_channels=16,
+        pos_embed_max_size=96).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_flow_vae(1.5305, 0.0609),
+        text_encoder=CLIPTextModelWithProjection(_clip_config(tokenizer, 32)).eval(), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer_2, 32)).eval(), tokenizer_2=tokenizer_2,
+        text_encoder_3=t5_encoder(t5), tokenizer_3=t5)
+
+
+def build_flux(tokenizer_folder: Path, variant: str = "dev"):
+    """Flux.1's structure in miniature: CLIP (pooled) and T5, double and single stream blocks, latents
+    packed 2×2 (in_channels 64 = 16 × 4); `dev` embeds the distilled guidance, `schnell` does not."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_folder, model_max_length=77)
+    t5 = t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=64, pooled_projection_dim=32,
+        guidance_embeds=variant == "dev", axes_dims_rope=(4, 6, 6)).eval()  # rope axes add up to the head's width
+    dev = variant == "dev"  # the scheduler configs the two models ship
+    scheduler = FlowMatchEulerDiscreteScheduler(base_image_seq_len=256, base_shift=0.5, max_image_seq_len=4096,
+                                                max_shift=1.15, shift=3.0 if dev else 1.0, use_dynamic_shifting=dev)
+    return FluxPipeline(scheduler=scheduler, vae=_flow_vae(0.3611, 0.1159), tokenizer=tokenizer,
+                        text_encoder=CLIPTextModel(_clip_config(tokenizer, 32)).eval(),
+                        text_encoder_2=t5_encoder(t5), tokenizer_2=t5, transformer=transformer)
+
+
 def build(family: str, tokenizer_folder: Path, seed: int = 0, inpainting: bool = False):
     import torch
 
     torch.manual_seed(seed)
     if family == "sdxl":
         return build_sdxl(tokenizer_folder, in_channels=9 if inpainting else 4)
+    if inpainting:
+        raise ValueError(f"no inpainting demo model for family {family!r}")
+    if family == "sd3":
+        return build_sd3(tokenizer_folder)
+    if family in ("flux", "flux-schnell"):
+        return build_flux(tokenizer_folder, "dev" if family == "flux" else "schnell")
     raise ValueError(f"no demo model for family {family!r}; known: {FAMILIES}")
 
 

@@ -1,5 +1,6 @@
 """One JobSpec through a diffusers pipeline: a fresh scheduler per job, one seeded generator per image."""
 
+import contextlib
 from collections.abc import Callable
 
 from PIL import Image
@@ -36,6 +37,15 @@ def scheduler_for(model: LoadedModel, name: str | None, options: dict | None = N
         raise GenerationError(str(e)) from None
 
 
+@contextlib.contextmanager
+def family_errors():
+    """What a model's family cannot do (a scheduler, a negative prompt) fails the job with the reason."""
+    try:
+        yield
+    except FamilyError as e:
+        raise GenerationError(str(e)) from None
+
+
 def refine_steps(hires: HiresFix) -> int:
     return min(hires.steps, int(hires.steps * hires.denoising_strength))
 
@@ -59,7 +69,7 @@ def _call(model: LoadedModel, task: str, spec: JobSpec, on_step: StepCallback, s
     def on_step_end(p, index, timestep, tensors):
         nonlocal stopped
         latents = tensors.get("latents")
-        if on_step(index, p.num_timesteps, None if latents is None else family.preview_rgb(pipe, latents)):
+        if on_step(index, p.num_timesteps, None if latents is None else family.preview_rgb(pipe, latents, size)):
             stopped = p._interrupt = True
         return tensors
 
@@ -67,15 +77,15 @@ def _call(model: LoadedModel, task: str, spec: JobSpec, on_step: StepCallback, s
     if negative_prompt is None:
         negative_prompt = spec.negative_prompt
     negatives = list(negative_prompt) if isinstance(negative_prompt, list) else [negative_prompt] * len(prompts)
-    with torch.inference_mode():
+    with torch.inference_mode(), family_errors():
         kwargs.update(family.prompt_kwargs(pipe, prompts, negatives))
         kwargs.update(family.size_kwargs(task, *size))
-        out = view(guidance_scale=spec.guidance_scale,
-                   generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds or spec.seeds],
+        kwargs.update(family.guidance_kwargs(pipe, spec.guidance_scale, spec.true_cfg_scale, any(negatives)))
+        out = view(generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds or spec.seeds],
                    callback_on_step_end=on_step_end, callback_on_step_end_tensor_inputs=["latents"], **kwargs)
     if stopped:
         raise Stopped()
-    return out.images
+    return family.unpacked(pipe, out.images, size) if kwargs.get("output_type") == "latent" else out.images
 
 
 def run(model: LoadedModel, spec: JobSpec, init_image: Image.Image | list[Image.Image] | None,

@@ -26,7 +26,8 @@ def pick_device(setting: str) -> str:
 
 
 class ModelRegistry:
-    """Loads each served model once, in worker.dtype (auto: fp16 on CUDA, fp32 on the CPU)."""
+    """Loads each served model once, in worker.dtype (auto: the family's on CUDA, fp16, bf16 for SD3 and
+    Flux; fp32 on the CPU)."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -104,10 +105,10 @@ class ModelRegistry:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
-        dtype = weights_dtype(self.config.worker.dtype, self.device)
         checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
         folder = None if checkpoint is not None else self.model_path(model)
         family = families.detect(folder, checkpoint, model.family)
+        dtype = weights_dtype(self.config.worker.dtype, self.device, family.cuda_dtype)
         config_folder = None if model.config is None else Path(model.config)
         if checkpoint is not None and config_folder is None:
             config_folder = model_configs.folder(family.name, self.config.data_path, self.config.worker.model_configs)
@@ -152,12 +153,12 @@ class FileHashes:
         return cached[2]
 
 
-def weights_dtype(setting: str, device: str):
-    """worker.dtype as a torch dtype: auto is float16 on CUDA, float32 elsewhere."""
+def weights_dtype(setting: str, device: str, cuda_auto: str = "float16"):
+    """worker.dtype as a torch dtype: auto is the family's `cuda_auto` on CUDA, float32 elsewhere."""
     import torch
 
     if setting == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
+        return getattr(torch, cuda_auto) if device.startswith("cuda") else torch.float32
     return getattr(torch, setting)
 
 

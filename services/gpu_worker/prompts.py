@@ -127,3 +127,33 @@ def needs_encoding(tokenizer, texts: list[str]) -> bool:
     """Whether any of `texts` uses A1111 syntax or is longer than one chunk (plain ones go to diffusers
     as text: the same embeddings)."""
     return any(needs_own_encoding(tokenizer, text) for text in texts)
+
+
+def t5_tokens(tokenizer, text: str, max_length: int) -> tuple[list[int], list[float]]:
+    """T5 token ids and weights of `text` (A1111 weights; a BREAK is a space: T5 has no chunks), ended
+    with </s> and padded to `max_length` as diffusers pads, the rest cut off."""
+    ids: list[int] = []
+    weights: list[float] = []
+    for part, weight in parse(text):
+        tokens = tokenizer(" " if weight is None else part, add_special_tokens=False).input_ids
+        ids += tokens
+        weights += [1.0 if weight is None else weight] * len(tokens)
+    ids, weights = ids[: max_length - 1] + [tokenizer.eos_token_id], weights[: max_length - 1] + [1.0]
+    padding = max_length - len(ids)
+    return ids + [tokenizer.pad_token_id] * padding, weights + [1.0] * padding
+
+
+def encode_t5(tokenizer, encoder, text: str, max_length: int):
+    """`text` through a T5 encoder, each token's embedding scaled by its weight and the whole brought
+    back to the unweighted mean, as A1111 does for CLIP: (1, max_length, dim). A text without weights
+    gives what diffusers gives."""
+    import torch
+
+    ids, weights = t5_tokens(tokenizer, text, max_length)
+    hidden = encoder(torch.tensor([ids], device=encoder.device))[0]
+    if all(w == 1.0 for w in weights):
+        return hidden
+    w = torch.tensor(weights, device=hidden.device, dtype=hidden.dtype)
+    mean = hidden.float().mean()
+    hidden = hidden * w[None, :, None]
+    return hidden * (mean / hidden.float().mean()).to(hidden.dtype)

@@ -29,6 +29,7 @@ class Family:
     latent_rgb: tuple[tuple[float, float, float], ...] = ()  # latent channel -> RGB, for previews
     latent_rgb_bias = (0.0, 0.0, 0.0)
     flow_matching = False  # schedulers are flow-matching ones (SD3, Flux)
+    cuda_dtype = "float16"  # the weights' type on CUDA (the CPU computes in float32)
 
     def __repr__(self) -> str:
         return f"<family {self.name}>"
@@ -79,13 +80,25 @@ class Family:
         """Load one LoRA file into every part it has weights for (UNet or transformer, text encoders)."""
         pipe.load_lora_weights(str(path), adapter_name=adapter)
 
-    def preview_rgb(self, pipe, latents):
-        """(B, 3, h, w) roughly in [-1, 1]: the denoising latents as colours, without the VAE."""
+    def guidance_kwargs(self, pipe, guidance_scale: float, true_cfg_scale: float | None, negative: bool) -> dict:
+        """The pipeline's guidance arguments: classifier-free guidance at `guidance_scale` here; a
+        family with distilled guidance (Flux) reads `true_cfg_scale` and whether a negative prompt is set."""
+        return {"guidance_scale": guidance_scale}
+
+    def preview_rgb(self, pipe, latents, size: tuple[int, int]):
+        """(B, 3, h, w) roughly in [-1, 1]: the denoising latents of width × height `size` images as
+        colours, without the VAE."""
         import torch
 
+        latents = self.unpacked(pipe, latents, size)
         matrix = torch.tensor(self.latent_rgb, dtype=latents.dtype, device=latents.device)
         bias = torch.tensor(self.latent_rgb_bias, dtype=latents.dtype, device=latents.device)
         return torch.einsum("bchw,cr->brhw", latents, matrix) + bias[None, :, None, None]
+
+    def unpacked(self, pipe, latents, size: tuple[int, int]):
+        """(B, C, h, w) latents of width × height images from the form the pipeline works on (Flux
+        packs them into a sequence)."""
+        return latents
 
     def upscale_latents(self, pipe, latents, width: int, height: int):
         """A1111's `Latent` upscaler: bilinear in latent space to the final size over the VAE's factor."""
@@ -106,10 +119,12 @@ class LoadedModel:
 
 
 def families() -> dict[str, Family]:
+    from .flux import Flux
     from .sd1 import SD1
+    from .sd3 import SD3
     from .sdxl import SDXL
 
-    return {family.name: family for family in (SD1(), SDXL())}
+    return {family.name: family for family in (SD1(), SDXL(), SD3(), Flux())}
 
 
 def by_name(name: str) -> Family:
