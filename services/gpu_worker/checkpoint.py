@@ -1,8 +1,10 @@
-"""Writing a diffusers Stable Diffusion 1.x or SDXL folder as one original-layout (LDM / sgm / A1111)
+"""Writing a diffusers Stable Diffusion 1.x or SDXL folder (SD3 and Flux: flow_checkpoint) as one original-layout (LDM / sgm / A1111)
 .safetensors checkpoint: how the single-file loading path is exercised offline with the demo models.
 Users bring their own checkpoints; this is only the way to make one here."""
 
 from pathlib import Path
+
+from . import families
 
 RESNET_NAMES = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
                 ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
@@ -126,6 +128,10 @@ def write(model: Path, out: Path) -> Path:
     from diffusers import DiffusionPipeline
     from safetensors.torch import save_file
 
+    if families.of_folder(Path(model)).flow_matching:
+        from . import flow_checkpoint
+
+        return flow_checkpoint.write(model, out)
     pipe = DiffusionPipeline.from_pretrained(model)
     state = {**unet_keys(pipe.unet.state_dict(), pipe.unet.config),
              **vae_keys(pipe.vae.state_dict(), pipe.vae.config)}

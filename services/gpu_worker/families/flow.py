@@ -5,6 +5,7 @@ that hold the transformer alone (text encoders and VAE come from the `config:` f
 import inspect
 from pathlib import Path
 
+from .. import flow_checkpoint
 from .. import prompts as syntax
 from . import Family, FamilyError
 
@@ -28,8 +29,7 @@ class FlowFamily(Family):
         if config is None:
             raise FamilyError(f"{checkpoint}: a {self.name} checkpoint needs `config:` (a local diffusers folder of "
                               "the same model: its text encoders, VAE and configs)")
-        transformer = getattr(diffusers, self.transformer_class).from_single_file(
-            str(checkpoint), config=str(config), subfolder="transformer", local_files_only=True, torch_dtype=dtype)
+        transformer = flow_checkpoint.read(checkpoint, getattr(diffusers, self.transformer_class), config, dtype)
         return AutoPipelineForText2Image.from_pretrained(config, transformer=transformer, torch_dtype=dtype)
 
     def size_kwargs(self, task: str, width: int, height: int) -> dict:
