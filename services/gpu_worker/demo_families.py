@@ -209,5 +209,48 @@ def build_loras(model: Path, folder: Path) -> list[Path]:
     """Random LoRAs for a demo model of any family, in the formats users have."""
     from . import demo_model, families
 
-    builders = {"sd1": demo_model.build_loras, "sdxl": build_sdxl_loras}
+    builders = {"sd1": demo_model.build_loras, "sdxl": build_sdxl_loras, "sd3": build_flow_loras,
+                "flux": build_flow_loras}
     return builders[families.of_folder(model).name](model, folder)
+
+
+def build_flow_loras(model: Path, folder: Path) -> list[Path]:
+    """Random SD3 or Flux LoRAs: `demo-style` (diffusers/peft keys on the transformer's attention) and,
+    for Flux, `demo-kohya` (kohya keys on BFL's block names and CLIP, as CivitAI's Flux LoRAs)."""
+    import torch
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from .flow_checkpoint import plan
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    pipe = DiffusionPipeline.from_pretrained(model)
+    made = [folder / "demo-style.safetensors"]
+    if "num_single_layers" in pipe.transformer.config:
+        generator = torch.Generator().manual_seed(123)
+        shapes = {k: v.shape for k, v in pipe.transformer.state_dict().items()}
+        kohya: dict = {}
+        for original, keys, _ in plan(dict(pipe.transformer.config)):
+            if original.endswith(("attn.qkv.weight", "attn.proj.weight", "linear1.weight", "linear2.weight")) \
+                    and all(k in shapes for k in keys):
+                out_features = sum(shapes[k][0] for k in keys)
+                key = "lora_unet_" + original.removesuffix(".weight").replace(".", "_")
+                _kohya_pair(kohya, key, shapes[keys[0]][1], out_features, generator)
+        encoder = pipe.text_encoder
+        for i in range(encoder.config.num_hidden_layers):
+            for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                width = encoder.config.hidden_size
+                _kohya_pair(kohya, f"lora_te1_text_model_encoder_layers_{i}_self_attn_{proj}", width, width, generator)
+        save_file(kohya, folder / "demo-kohya.safetensors", metadata={"ss_network_module": "networks.lora_flux"})
+        made.append(folder / "demo-kohya.safetensors")
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    _randomise_lora(pipe.transformer, 1)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.transformer))
+    type(pipe).save_lora_weights(folder, transformer_lora_layers=layers, safe_serialization=True,
+                                 weight_name="demo-style.safetensors")
+    return made

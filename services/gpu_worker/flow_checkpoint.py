@@ -139,3 +139,33 @@ def write(model: Path, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({PREFIX + k: v.contiguous() for k, v in converted.items()}, out)
     return out
+
+
+def kohya_lora(state: dict, transformer) -> dict:
+    """A kohya / ComfyUI LoRA on BFL's names (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight`,
+    `lora_te1_...` on CLIP) in diffusers' peft keys, its joined q/k/v split to the model's own widths
+    (diffusers' converter assumes the full-size Flux) and alpha / rank folded into the up matrix."""
+    shapes = {k: tuple(v.shape) for k, v in transformer.state_dict().items()}
+    by_kohya = {"lora_unet_" + original.removesuffix(".weight").replace(".", "_"): keys
+                for original, keys, _ in plan(dict(transformer.config)) if original.endswith(".weight")}
+    out = {}
+    for down_key in [k for k in state if k.endswith(".lora_down.weight")]:
+        name = down_key.removesuffix(".lora_down.weight")
+        down, up = state[down_key], state[f"{name}.lora_up.weight"]
+        alpha = state.get(f"{name}.alpha")
+        up = up * (float(alpha) / down.shape[0] if alpha is not None else 1.0)
+        if name.startswith("lora_te1_"):
+            module = name.removeprefix("lora_te1_").replace("text_model_encoder_layers_", "text_model.encoder.layers.")
+            module = module.replace("_self_attn_", ".self_attn.").replace("_mlp_", ".mlp.")
+            layer, rest = module.split(".self_attn." if ".self_attn." in module else ".mlp.", 1)
+            joint = ".self_attn." if ".self_attn." in module else ".mlp."
+            out[f"text_encoder.{layer}{joint}{rest}.lora_A.weight"] = down
+            out[f"text_encoder.{layer}{joint}{rest}.lora_B.weight"] = up
+            continue
+        if name not in by_kohya:
+            raise KeyError(f"LoRA key {name} names no layer of this Flux model")
+        keys = [k.removesuffix(".weight") for k in by_kohya[name]]
+        for key, part in zip(keys, up.split([shapes[k + ".weight"][0] for k in keys], dim=0)):
+            out[f"transformer.{key}.lora_A.weight"] = down
+            out[f"transformer.{key}.lora_B.weight"] = part
+    return out

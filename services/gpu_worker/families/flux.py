@@ -75,6 +75,18 @@ class Flux(FlowFamily):
                 out[prefix + "pooled_prompt_embeds"] = torch.cat([p for _, p in encoded])
         return out
 
+    def load_lora(self, pipe, path, adapter: str) -> None:
+        """diffusers/peft and ai-toolkit files as diffusers reads them; kohya / ComfyUI files (BFL's block
+        names) through diffbus's own conversion, which follows the model's widths."""
+        from safetensors.torch import load_file
+
+        from ..flow_checkpoint import kohya_lora
+
+        state = load_file(str(path))
+        if any(key.startswith("lora_unet_") for key in state):
+            state = kohya_lora(state, pipe.transformer)
+        pipe.load_lora_weights(state, adapter_name=adapter)
+
     def encode_t5(self, pipe, tokenizer, encoder, text: str, width: int):
         return syntax.encode_t5(tokenizer, encoder, text, self.max_tokens(pipe))
 
