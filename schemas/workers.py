@@ -12,6 +12,10 @@ class ModelInfo(msgspec.Struct, kw_only=True):
     width: int  # the size a request without one gets: config's, else the family's native size
     height: int
     sha256: str | None = None  # of a single-file checkpoint; A1111's short hash is its first 10 digits
+    steps: int | None = None  # the defaults a request without them gets (config's, else the family's;
+    guidance_scale: float | None = None  # None: the API's defaults)
+    flow_matching: bool = False  # samples with flow-matching schedulers (SD3, Flux): A1111 names mean those
+    negative_needs_true_cfg: bool = False  # Flux: a negative prompt only with true_cfg_scale above 1
 
 
 class WorkerAnnouncement(msgspec.Struct, kw_only=True):

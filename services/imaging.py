@@ -24,6 +24,7 @@ def infotext(spec: JobSpec, seed: int) -> str:
         "Steps": spec.steps,
         "Sampler": spec.scheduler or "default",
         "CFG scale": spec.guidance_scale,
+        **({"True CFG scale": spec.true_cfg_scale} if getattr(spec, "true_cfg_scale", None) else {}),
         "Seed": seed,
         "Size": f"{spec.width}x{spec.height}",
         **({"Model hash": spec.model_hash} if getattr(spec, "model_hash", None) else {}),

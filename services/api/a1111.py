@@ -98,7 +98,8 @@ class A1111Request(BaseModel):
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
     steps: int = Field(50, ge=1)
-    cfg_scale: float = 7.0
+    cfg_scale: float = 7.0  # Flux dev: its distilled guidance
+    true_cfg_scale: float | None = Field(None, ge=1)  # Flux: real CFG, for a negative prompt (diffusers' name)
     width: int = Field(512, ge=1)
     height: int = Field(512, ge=1)
     denoising_strength: float | None = Field(None, ge=0, le=1)
@@ -208,6 +209,7 @@ def to_request(req: A1111Request, owner_options: dict, init: InputImage | None, 
         prompt=prompt or " ", negative_prompt=negative, model=model, seed=req.seed, steps=req.steps,
         guidance_scale=req.cfg_scale, width=None if init else req.width, height=None if init else req.height,
         num_images=req.batch_size * req.n_iter, scheduler=chosen.scheduler, scheduler_options=chosen.options,
+        sampler=chosen, true_cfg_scale=req.true_cfg_scale,
         init_image=init, strength=strength, mask_image=mask, hires=hires, names=NAMES,
         inpaint=InpaintOptions(mask_blur=req.mask_blur, fill=INPAINTING_FILL[req.inpainting_fill],
                                full_res=req.inpaint_full_res, full_res_padding=req.inpaint_full_res_padding,

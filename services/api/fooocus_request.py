@@ -258,7 +258,7 @@ def to_request(req: GenerateRequest, images: dict[str, InputImage], config,
         num_images=req.image_number, seed=req.image_seed, guidance_scale=req.guidance_scale,
         steps=req.overwrite_step if req.overwrite_step > 0 else PERFORMANCE_STEPS[req.performance_selection],
         output_format=request_layer.output_format(req.output_format), scheduler=chosen.scheduler,
-        scheduler_options=chosen.options, seed_increment=not req.disable_seed_increment,
+        scheduler_options=chosen.options, sampler=chosen, seed_increment=not req.disable_seed_increment,
         metadata=req.metadata_scheme if req.save_metadata_to_images else None,
         loras=[(Path(lo.model_name).stem, lo.weight) for lo in req.loras if lo.enabled and lo.model_name != "None"],
         names=NAMES)

@@ -59,7 +59,8 @@ class GenerateRequest(TaskRequest):
     height: int | None = None
     num_images: int = Field(1, ge=1, le=10)
     num_inference_steps: int | None = Field(None, ge=1)
-    guidance_scale: float | None = Field(None, ge=0)
+    guidance_scale: float | None = Field(None, ge=0)  # Flux dev: its distilled guidance
+    true_cfg_scale: float | None = Field(None, ge=1)  # Flux: real CFG, needed for a negative prompt (2x the work)
     strength: float | None = Field(None, ge=0, le=1)  # img2img only
     scheduler: Literal[SCHEDULERS] | None = None  # type: ignore[valid-type]
     seed: int | None = Field(None, ge=-1, lt=request_layer.SEED_RANGE)  # None or -1: random
@@ -141,7 +142,7 @@ def to_request(req: GenerateRequest, init: InputImage | None, mask: InputImage |
         prompt=req.prompt, negative_prompt=req.negative_prompt or "", model=req.model,
         loras=[(lo.name, lo.weight) for lo in req.loras], width=req.width, height=req.height,
         num_images=req.num_images, steps=req.num_inference_steps, guidance_scale=req.guidance_scale,
-        scheduler=req.scheduler, seed=req.seed, output_format=request_layer.output_format(req.output_format),
+        true_cfg_scale=req.true_cfg_scale, scheduler=req.scheduler, seed=req.seed, output_format=request_layer.output_format(req.output_format),
         quality=req.output_quality, init_image=init, strength=req.strength, mask_image=mask,
         inpaint=InpaintOptions(mask_blur=req.mask_blur, fill=req.inpainting_fill, full_res=req.inpaint_full_res,
                                full_res_padding=req.inpaint_full_res_padding, invert_mask=req.invert_mask),

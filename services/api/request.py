@@ -24,6 +24,7 @@ from schemas.jobs import (
     Upscale,
 )
 
+from . import samplers
 from .errors import ApiError, invalid
 from .inputs import InputImage
 
@@ -66,6 +67,10 @@ class GenerationRequest:
     guidance_scale: float | None = None
     scheduler: str | None = None  # a diffusers class name
     scheduler_options: dict = field(default_factory=dict)
+    # the A1111 sampler `scheduler` was resolved from: on a flow-matching model (SD3, Flux) the builder
+    # maps it to that family's flow-matching scheduler, or refuses it
+    sampler: samplers.Resolution | None = None
+    true_cfg_scale: float | None = None  # Flux: real CFG, needed for a negative prompt (2x the work)
     seed: int | None = None  # None or -1: random
     seed_increment: bool = True
     output_format: OutputFormat = OutputFormat.PNG
@@ -140,6 +145,31 @@ def check(req: GenerationRequest, config) -> None:
         _range(req, "denoising_strength", req.hires.denoising_strength, 0, 1)
 
 
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _scheduler_for(req: GenerationRequest, model, info) -> tuple[str | None, dict]:
+    """The scheduler as the model's family runs it (as a worker announced the model), and what the
+    family cannot do answered 422 before anything is queued: a sampler or scheduler class of the other
+    kind (flow-matching or not), Flux's negative prompt without true CFG."""
+    scheduler, options = req.scheduler or model.scheduler, req.scheduler_options
+    if req.sampler is not None and req.scheduler is not None:
+        try:
+            chosen = samplers.for_model(req.sampler, info)
+        except samplers.Refused as e:
+            raise req.invalid("scheduler", str(e)) from None
+        scheduler, options = chosen.scheduler, chosen.options
+    refusal = samplers.class_refusal(scheduler, info)
+    if refusal:
+        raise req.invalid("scheduler", refusal)
+    if info is not None and info.negative_needs_true_cfg and (req.negative_prompt or "").strip() \
+            and not (req.true_cfg_scale or 0) > 1:
+        raise req.invalid("negative_prompt", f"a {info.family} model takes a negative prompt only with true CFG: "
+                                             "set true_cfg_scale above 1 (twice the work per step) or leave it empty")
+    return scheduler, options
+
+
 async def build(ctx, req: GenerationRequest) -> JobSpec:
     """The JobSpec of a neutral request: limits checked, defaults filled in, seed chosen, images stored."""
     config = ctx.config
@@ -147,12 +177,14 @@ async def build(ctx, req: GenerationRequest) -> JobSpec:
     model = config.model(req.model or config.default_model)
     prompt, loras = await ctx.loras.resolve(req.prompt, req.loras, model.name, req.names.get("loras", ["loras"]))
     info = ctx.workers.model_info(model.name)
-    steps = req.steps or config.defaults.steps
+    steps = req.steps or model.steps or (info and info.steps) or config.defaults.steps
+    scheduler, options = _scheduler_for(req, model, info)
     common = dict(
         model=model.name, model_hash=info and info.sha256 and info.sha256[:10], prompt=prompt, loras=loras,
         negative_prompt=req.negative_prompt or "", num_images=req.num_images, steps=steps,
-        guidance_scale=config.defaults.guidance_scale if req.guidance_scale is None else req.guidance_scale,
-        scheduler=req.scheduler or model.scheduler, scheduler_options=req.scheduler_options,
+        guidance_scale=_first(req.guidance_scale, model.guidance_scale, info and info.guidance_scale,
+                              config.defaults.guidance_scale), true_cfg_scale=req.true_cfg_scale,
+        scheduler=scheduler, scheduler_options=options,
         seed=secrets.randbelow(SEED_RANGE) if req.seed in (None, -1) else req.seed,
         seed_increment=req.seed_increment, metadata=req.metadata, output_format=req.output_format,
         quality=req.quality)

@@ -135,3 +135,54 @@ def usable_schedule_types() -> list[ScheduleType]:
 def listing() -> list[dict]:
     """GET /sdapi/v1/samplers."""
     return [{"name": name, "aliases": aliases, "options": {}} for name, (_, _, aliases) in SAMPLERS.items()]
+
+
+# What the sampler names mean on flow-matching models (SD3, Flux): the worker runs DPM-Solver and UniPC
+# on flow sigmas with the model's shift. name -> (diffusers class, options, the families it runs on)
+FLOW_SAMPLERS: dict[str, tuple[str, dict, set[str] | None]] = {
+    "Euler": ("FlowMatchEulerDiscreteScheduler", {}, None),
+    "Euler a": ("FlowMatchEulerDiscreteScheduler", {"stochastic_sampling": True}, None),
+    "Heun": ("FlowMatchHeunDiscreteScheduler", {}, {"sd3"}),  # Flux's pipeline hands it sigmas it cannot take
+    "DPM++ 2M": ("DPMSolverMultistepScheduler", {}, None),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, None),
+    "UniPC": ("UniPCMultistepScheduler", {}, None),
+    "LCM": ("FlowMatchLCMScheduler", {}, None),
+}
+FLOW_CAPABLE = {"DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler"}
+FLOW_SIGMAS = {"FlowMatchEulerDiscreteScheduler"}  # flow classes that take the Karras/exponential/beta options
+
+
+class Refused(ValueError):
+    """A sampler the model's family cannot run (the request layer answers 422 naming the dialect's field)."""
+
+
+def for_model(chosen: Resolution, info) -> Resolution:
+    """`chosen` as the model a worker announced (`info`, a schemas.workers.ModelInfo) runs it: on a
+    flow-matching model the sampler's flow-matching equivalent; Refused naming sampler and family."""
+    if info is None or not info.flow_matching or chosen.sampler is None:
+        return chosen
+    found = FLOW_SAMPLERS.get(chosen.sampler)
+    if found is None or (found[2] is not None and info.family not in found[2]):
+        usable = [n for n, (_, _, families) in FLOW_SAMPLERS.items() if families is None or info.family in families]
+        raise Refused(f"sampler {chosen.sampler!r} has no flow-matching equivalent for {info.family} models; "
+                      f"use one of {usable}")
+    cls, options, _ = found
+    schedule, notes = BY_KEY.get(chosen.schedule, BY_KEY["automatic"]), list(chosen.notes)
+    extra = schedule.options or {}
+    if extra and not (cls in FLOW_SIGMAS and set(extra) <= SIGMA_OPTIONS):
+        notes.append(f"schedule type {schedule.label!r} does not apply to {chosen.sampler} on {info.family}: "
+                     "used Automatic")
+        schedule, extra = BY_KEY["automatic"], {}
+    return Resolution(cls, {**options, **extra}, chosen.sampler, schedule.label, notes)
+
+
+def class_refusal(cls: str | None, info) -> str | None:
+    """Why a diffusers scheduler class cannot sample this model (flow-matching or not), or None."""
+    if cls is None or info is None:
+        return None
+    flow = cls.startswith("FlowMatch")
+    if info.flow_matching and not (flow or cls in FLOW_CAPABLE):
+        return f"{cls} is not a flow-matching scheduler; {info.family} models need FlowMatch* or {sorted(FLOW_CAPABLE)}"
+    if flow and not info.flow_matching:
+        return f"{cls} is for flow-matching models (SD3, Flux); this model is {info.family}"
+    return None

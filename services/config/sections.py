@@ -121,6 +121,8 @@ class ModelConfig(Section):
     # None: told from the files (model_index.json, a checkpoint's tensor names); one module per family
     # in services/gpu_worker/families
     family: Literal["sd1", "sdxl", "sd3", "flux"] | None = None
+    steps: Positive | None = None  # defaults a request without them gets; None: the family's (Flux schnell 4
+    guidance_scale: Annotated[float, msgspec.Meta(ge=0)] | None = None  # steps, no guidance; dev 3.5), else `defaults`
     vae: str | None = None  # another VAE (a diffusers folder or one .safetensors), e.g. an fp16-safe SDXL VAE
 
 

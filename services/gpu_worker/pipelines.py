@@ -60,9 +60,13 @@ class ModelRegistry:
             folder = None if checkpoint is not None else self.model_path(model)
             family = families.detect(folder, checkpoint, model.family)
             native = family.native_size
+            steps, guidance = family.defaults(folder, checkpoint)
             self.described[model.name] = ModelInfo(
                 family=family.name, width=model.width or native[0], height=model.height or native[1],
-                sha256=None if checkpoint is None else self._hashes.sha256(checkpoint))
+                sha256=None if checkpoint is None else self._hashes.sha256(checkpoint),
+                steps=model.steps or steps, guidance_scale=guidance if model.guidance_scale is None else
+                model.guidance_scale, flow_matching=family.flow_matching,
+                negative_needs_true_cfg=family.negative_needs_true_cfg)
         return self.described
 
     def pipeline(self, name: str) -> LoadedModel:

@@ -29,6 +29,7 @@ class Family:
     latent_rgb: tuple[tuple[float, float, float], ...] = ()  # latent channel -> RGB, for previews
     latent_rgb_bias = (0.0, 0.0, 0.0)
     flow_matching = False  # schedulers are flow-matching ones (SD3, Flux)
+    negative_needs_true_cfg = False  # a negative prompt only with true_cfg_scale (Flux's distilled guidance)
     cuda_dtype = "float16"  # the weights' type on CUDA (the CPU computes in float32)
 
     def __repr__(self) -> str:
@@ -51,6 +52,10 @@ class Family:
         cls = getattr(diffusers, self.single_file_class)
         return cls.from_single_file(checkpoint, config=str(config) if config else None, local_files_only=True,
                                     torch_dtype=dtype, **self.load_options())
+
+    def defaults(self, folder: Path | None, checkpoint: Path | None) -> tuple[int | None, float | None]:
+        """Steps and guidance a request without them gets on this model; None: the service's defaults."""
+        return None, None
 
     def load_options(self) -> dict:
         return {}

@@ -4,6 +4,9 @@ for dev, 256 for schnell), double and single stream transformer blocks on 16-cha
 embeds a distilled guidance (`guidance_scale`, 3.5) and takes a negative prompt only through true
 CFG (`true_cfg_scale` above 1, twice the work per step); schnell runs 4 steps without guidance."""
 
+import json
+from pathlib import Path
+
 from .. import prompts as syntax
 from . import FamilyError
 from .flow import FlowFamily
@@ -22,6 +25,17 @@ def distilled(pipe) -> bool:
     return bool(pipe.transformer.config.guidance_embeds)
 
 
+def guidance_embedded(folder: Path | None, checkpoint: Path | None) -> bool:
+    """From the files: dev has a guidance embedder (`guidance_in` in BFL's names), schnell none."""
+    if checkpoint is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(checkpoint), framework="pt") as f:
+            return any("guidance_in." in key for key in f.keys())
+    config = json.loads((Path(folder) / "transformer" / "config.json").read_text())
+    return bool(config.get("guidance_embeds", False))
+
+
 class Flux(FlowFamily):
     name = "flux"
     pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
@@ -32,6 +46,12 @@ class Flux(FlowFamily):
 
     def owns_checkpoint(self, keys: set[str]) -> bool:
         return any(key.removeprefix("model.diffusion_model.").startswith("double_blocks.") for key in keys)
+
+    negative_needs_true_cfg = True
+
+    def defaults(self, folder, checkpoint) -> tuple[int | None, float | None]:
+        """dev: 28 steps at distilled guidance 3.5 (diffusers' defaults); schnell: 4 steps, no guidance."""
+        return (28, 3.5) if guidance_embedded(folder, checkpoint) else (4, 0.0)
 
     def max_tokens(self, pipe) -> int:
         return 512 if distilled(pipe) else 256

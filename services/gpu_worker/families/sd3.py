@@ -23,6 +23,9 @@ class SD3(FlowFamily):
     latent_rgb_bias = SD3_LATENT_RGB_BIAS
     t5_max_tokens = 256
 
+    def defaults(self, folder, checkpoint) -> tuple[int | None, float | None]:
+        return 28, 3.5  # the SD 3.5 Large model card's
+
     def owns_checkpoint(self, keys: set[str]) -> bool:
         return any(key.removeprefix("model.diffusion_model.").startswith("joint_blocks.") for key in keys)
 
