@@ -25,12 +25,12 @@ class FlowFamily(Family):
         from diffusers import AutoPipelineForText2Image
 
         if checkpoint is None:
-            return AutoPipelineForText2Image.from_pretrained(folder, torch_dtype=dtype)
+            return AutoPipelineForText2Image.from_pretrained(folder, dtype=dtype)
         if config is None:
             raise FamilyError(f"{checkpoint}: a {self.name} checkpoint needs `config:` (a local diffusers folder of "
                               "the same model: its text encoders, VAE and configs)")
         transformer = flow_checkpoint.read(checkpoint, getattr(diffusers, self.transformer_class), config, dtype)
-        return AutoPipelineForText2Image.from_pretrained(config, transformer=transformer, torch_dtype=dtype)
+        return AutoPipelineForText2Image.from_pretrained(config, transformer=transformer, dtype=dtype)
 
     def size_kwargs(self, task: str, width: int, height: int) -> dict:
         return {"width": width, "height": height}  # img2img too: else the pipeline's default size
