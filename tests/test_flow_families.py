@@ -203,3 +203,44 @@ def test_flux_negative_prompt_needs_true_cfg(registry):
     assert differs(plain, true_cfg) > 0
     [sd3] = draw(registry, txt2img("sd3", negative_prompt="blurry"))  # CFG: SD3 takes one as it is
     assert sd3.shape == (64, 64, 3)
+
+
+@pytest.fixture(scope="module")
+def flux_stack(tmp_path_factory, demo_model, flow_files):
+    from .conftest import running
+    from .stack import Stack
+
+    with running(Stack(tmp_path_factory.mktemp("flux-stack"), demo_model, models=[
+            {"name": "flux", "checkpoint": flow_files["flux-single"], "config": flow_files["flux"]}])) as s:
+        yield s
+
+
+async def test_the_api_maps_samplers_and_refuses_what_flux_cannot_do(flux_stack):
+    """A1111's "Euler" on Flux was a 500 (an SD scheduler handed `mu`); now the flow-matching Euler.
+    A sampler without a flow-matching meaning and a negative prompt without true CFG are 422s."""
+    import base64
+
+    import aiohttp
+
+    from .conftest import decode_image
+    from .stack import ALICE
+
+    url = flux_stack.base_url
+    body = {"prompt": "a (cat:1.2)", "steps": 2, "width": 64, "height": 64, "seed": 5, "cfg_scale": 3.5}
+    async with aiohttp.ClientSession(headers={"X-API-Key": ALICE}) as session:
+        async with session.post(f"{url}/sdapi/v1/txt2img", json={**body, "sampler_name": "Euler"}) as resp:
+            assert resp.status == 200, await resp.text()
+            [image] = (await resp.json())["images"]
+        assert decode_image(base64.b64decode(image)).size == (64, 64)
+        async with session.post(f"{url}/sdapi/v1/txt2img", json={**body, "sampler_name": "DDIM"}) as resp:
+            assert resp.status == 422
+            [error] = (await resp.json())["detail"]
+        assert error["loc"][-1] == "sampler_name" and "'DDIM'" in error["msg"] and "flux" in error["msg"]
+        negative = {"prompt": "a cat", "negative_prompt": "blurry", "num_inference_steps": 2, "width": 64,
+                    "height": 64}
+        async with session.post(f"{url}/api/v1/generate", json=negative) as resp:
+            assert resp.status == 422
+            [error] = (await resp.json())["detail"]
+        assert error["loc"][-1] == "negative_prompt" and "true_cfg_scale" in error["msg"]
+        async with session.post(f"{url}/api/v1/generate", json={**negative, "true_cfg_scale": 2.0}) as resp:
+            assert resp.status in (200, 202), await resp.text()
