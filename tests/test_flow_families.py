@@ -205,6 +205,31 @@ def test_flux_negative_prompt_needs_true_cfg(registry):
     assert sd3.shape == (64, 64, 3)
 
 
+def test_fp8_quantize_loads_a_float8_transformer_that_draws(flow_files, tmp_path):
+    """fp8 (diffusers' layerwise casting) runs on any device: the CPU covers its path."""
+    import torch
+
+    config = load(environ={}, data_dir=str(tmp_path), worker={"device": "cpu"}, models=[
+        {"name": "flux-fp8", "checkpoint": flow_files["flux-single"], "config": flow_files["flux"], "quantize": "fp8"}])
+    model = ModelRegistry(config).pipeline("flux-fp8")
+    assert model.pipe.transformer.x_embedder.weight.dtype == torch.float8_e4m3fn
+    [image] = generate.run(model, txt2img("flux-fp8"), None)
+    assert image.size == (64, 64)
+
+
+def test_nf4_without_cuda_and_quantize_on_sd1_are_config_errors_at_start(flow_files, demo_model, tmp_path):
+    from services.config import ConfigError
+
+    def registry_of(**model):
+        return ModelRegistry(load(environ={}, data_dir=str(tmp_path), worker={"device": "cpu"},
+                                  models=[{"name": "m", **model}]))
+
+    with pytest.raises(ConfigError, match="nf4 (runs on CUDA only|needs bitsandbytes)"):
+        registry_of(path=flow_files["flux"], quantize="nf4")
+    with pytest.raises(ConfigError, match="quantize is for SD3 and Flux models; this one is sd1"):
+        registry_of(path=str(demo_model), quantize="int8")
+
+
 @pytest.fixture(scope="module")
 def flux_stack(tmp_path_factory, demo_model, flow_files):
     from .conftest import running

@@ -123,6 +123,9 @@ class ModelConfig(Section):
     family: Literal["sd1", "sdxl", "sd3", "flux"] | None = None
     steps: Positive | None = None  # defaults a request without them gets; None: the family's (Flux schnell 4
     guidance_scale: Annotated[float, msgspec.Meta(ge=0)] | None = None  # steps, no guidance; dev 3.5), else `defaults`
+    # SD3 / Flux: the transformer quantized as it loads, to fit smaller GPUs. nf4 (~6.7 GB for Flux dev)
+    # and int8 through bitsandbytes (CUDA); fp8 as diffusers' layerwise casting (float8 storage, any device)
+    quantize: Literal["nf4", "int8", "fp8"] | None = None
     vae: str | None = None  # another VAE (a diffusers folder or one .safetensors), e.g. an fp16-safe SDXL VAE
 
 

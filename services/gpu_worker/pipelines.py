@@ -9,7 +9,7 @@ from pathlib import Path
 
 from services.observability import metrics, telemetry
 from schemas.workers import ModelInfo
-from services.config import DEMO_MODEL, Config, ModelConfig
+from services.config import DEMO_MODEL, Config, ConfigError, ModelConfig
 
 from . import demo_model, families, model_configs, speed
 from .families import LoadedModel
@@ -37,6 +37,7 @@ class ModelRegistry:
             raise ValueError(f"worker.models names unknown models: {unknown}")
         self.served: list[ModelConfig] = [m for m in config.models if m.name in wanted]
         self.device = pick_device(config.worker.device)
+        self.check_quantize()
         self._loaded: OrderedDict[str, object] = OrderedDict()  # least recently used first
         self.described: dict[str, ModelInfo] = {}
         self._hashes = FileHashes()
@@ -116,7 +117,7 @@ class ModelRegistry:
         config_folder = None if model.config is None else Path(model.config)
         if checkpoint is not None and config_folder is None:
             config_folder = model_configs.folder(family.name, self.config.data_path, self.config.worker.model_configs)
-        pipe = family.load(folder, checkpoint, config_folder, dtype)
+        pipe = family.load(folder, checkpoint, config_folder, dtype, model.quantize)
         if model.vae is not None:
             pipe.vae = load_vae(Path(model.vae), config_folder or folder, dtype)
         self._place(pipe)
@@ -137,6 +138,31 @@ class ModelRegistry:
             pipe.enable_sequential_cpu_offload(device=self.device)
         if self.config.worker.vae_tiling:
             pipe.vae.enable_tiling()
+
+
+    def check_quantize(self) -> None:
+        """`quantize:` is for a family with a transformer, and nf4 / int8 need bitsandbytes and CUDA: say so
+        when the worker starts, not at a job."""
+        for model in self.served:
+            if model.quantize is None:
+                continue
+            checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
+            family = families.detect(None if checkpoint else self.model_path(model), checkpoint, model.family)
+            if not family.quantizable:
+                raise ConfigError(f"model {model.name}: quantize is for SD3 and Flux models; this one is {family.name}")
+            check_quantize(model, self.device)
+
+
+def check_quantize(model: ModelConfig, device: str) -> None:
+    import importlib.util
+
+    if model.quantize in ("nf4", "int8"):
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(f"model {model.name}: quantize: {model.quantize} needs bitsandbytes "
+                             "(pip install bitsandbytes); fp8 needs nothing more")
+        if not device.startswith("cuda"):
+            raise ConfigError(f"model {model.name}: quantize: {model.quantize} runs on CUDA only (bitsandbytes "
+                             f"through diffusers); this worker's device is {device}; fp8 runs anywhere")
 
 
 class FileHashes:

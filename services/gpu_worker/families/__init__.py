@@ -41,7 +41,10 @@ class Family:
         """Whether a single-file checkpoint with these tensor names is of this family."""
         return False
 
-    def load(self, folder: Path | None, checkpoint: Path | None, config: Path | None, dtype):
+    quantizable = False  # takes `quantize:` (a transformer denoiser: SD3, Flux)
+
+    def load(self, folder: Path | None, checkpoint: Path | None, config: Path | None, dtype,
+             quantize: str | None = None):
         """The text-to-image pipeline from a diffusers folder, or from a checkpoint with its configs."""
         from diffusers import AutoPipelineForText2Image
 

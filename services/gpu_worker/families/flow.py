@@ -15,22 +15,52 @@ FLOW_CAPABLE = {"DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "
 
 class FlowFamily(Family):
     flow_matching = True
+    quantizable = True
     cuda_dtype = "bfloat16"  # these models overflow in fp16; bf16 is what they are published in
     transformer_class = ""  # the diffusers class of the denoiser a single-file checkpoint holds
     t5_max_tokens = 256
 
-    def load(self, folder: Path | None, checkpoint: Path | None, config: Path | None, dtype):
-        """A folder as it is; a checkpoint's transformer with everything else from the config folder."""
-        import diffusers
+    def load(self, folder: Path | None, checkpoint: Path | None, config: Path | None, dtype,
+             quantize: str | None = None):
+        """A folder as it is; a checkpoint's transformer with everything else from the config folder;
+        the transformer quantized when asked (`quantize`)."""
         from diffusers import AutoPipelineForText2Image
 
-        if checkpoint is None:
-            return AutoPipelineForText2Image.from_pretrained(folder, dtype=dtype)
-        if config is None:
+        if checkpoint is not None and config is None:
             raise FamilyError(f"{checkpoint}: a {self.name} checkpoint needs `config:` (a local diffusers folder of "
                               "the same model: its text encoders, VAE and configs)")
-        transformer = flow_checkpoint.read(checkpoint, getattr(diffusers, self.transformer_class), config, dtype)
-        return AutoPipelineForText2Image.from_pretrained(config, transformer=transformer, dtype=dtype)
+        transformer = self.transformer(folder, checkpoint, config, dtype, quantize)
+        if transformer is None:
+            return AutoPipelineForText2Image.from_pretrained(folder, dtype=dtype)
+        return AutoPipelineForText2Image.from_pretrained(config or folder, transformer=transformer, dtype=dtype)
+
+    def transformer(self, folder, checkpoint, config, dtype, quantize: str | None):
+        """The denoiser, when it is not loaded with the folder as it is: from a single file, and/or
+        quantized. nf4 and int8 through bitsandbytes (diffusers' quantizer; CUDA only), fp8 as diffusers'
+        layerwise casting (weights stored in float8, each layer computing in `dtype`)."""
+        import diffusers
+
+        cls = getattr(diffusers, self.transformer_class)
+        if quantize in ("nf4", "int8"):
+            from diffusers import BitsAndBytesConfig
+
+            bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype) \
+                if quantize == "nf4" else BitsAndBytesConfig(load_in_8bit=True)
+            if checkpoint is None:
+                return cls.from_pretrained(folder, subfolder="transformer", quantization_config=bnb, dtype=dtype)
+            return cls.from_single_file(str(checkpoint), config=str(config), subfolder="transformer",
+                                        quantization_config=bnb, local_files_only=True, torch_dtype=dtype)
+        if checkpoint is not None:
+            transformer = flow_checkpoint.read(checkpoint, cls, config, dtype)
+        elif quantize is not None:
+            transformer = cls.from_pretrained(folder, subfolder="transformer", dtype=dtype)
+        else:
+            return None
+        if quantize == "fp8":
+            import torch
+
+            transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=dtype)
+        return transformer
 
     def size_kwargs(self, task: str, width: int, height: int) -> dict:
         return {"width": width, "height": height}  # img2img too: else the pipeline's default size
