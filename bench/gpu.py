@@ -40,6 +40,10 @@ SETTINGS = {"defaults": {}, "channels_last": {"channels_last": True}, "fuse_qkv"
             "classic_attention": {"attention": "classic"}, "vae_per_image": {"vae_decode": "per_image"},
             "compile": {"compile": True}}
 SHARE = {"sd15": 0.2, "sdxl": 0.25, "sd3": 0.25, "flux": 0.3}  # of the time budget
+# worker settings and model settings against memory, for the families with `quantize:` (bf16 plain loop,
+# batch 1, peak memory): diffusers' model offload, and the transformer quantized as it loads
+MEMORY = {"offload_model": ({"offload": "model"}, {}), "quantize_fp8": ({}, {"quantize": "fp8"}),
+          "quantize_nf4": ({}, {"quantize": "nf4"}), "quantize_int8": ({}, {"quantize": "int8"})}
 DIFFBUS_RUNS = {"unbatched": (False, 4), "batched_4": (True, 4), "batched_8": (True, 8)}  # (batching, clients)
 
 
@@ -92,6 +96,14 @@ class FamilyRun:
                 self.out["settings"][name] = {"skipped": "measured on CUDA only"}
                 continue
             self.step(name, lambda d, s=settings: self.setting(s, d), len(SETTINGS) - i, into=self.out["settings"])
+        if self.family.quantizable and self.path is not None:
+            self.out["memory"] = {}
+            for i, (name, (worker, model)) in enumerate(MEMORY.items()):
+                if (model.get("quantize") in ("nf4", "int8") or worker.get("offload")) and self.device != "cuda":
+                    self.out["memory"][name] = {"skipped": "CUDA only"}
+                    continue
+                self.step(name, lambda d, w=worker, m=model: self.memory(w, m, d), len(MEMORY) - i,
+                          into=self.out["memory"])
         bound = self.images_per_s_bound()
         if bound:
             self.out["bound_images_per_s"] = bound
@@ -119,9 +131,10 @@ class FamilyRun:
             self.path = save(self.family, self.args.tiny, self.tmp / self.family.name, self.device)
         return {"path": str(self.path), "build_s": time.perf_counter() - t}
 
-    def pipeline(self, **settings):
-        """The pipeline as diffbus's worker loads it (its ModelRegistry, fp16 on CUDA, the speed settings);
-        built in memory for a family the worker does not serve yet."""
+    def pipeline(self, model_settings: dict | None = None, **settings):
+        """The pipeline as diffbus's worker loads it (its ModelRegistry, the family's dtype on CUDA, the
+        speed settings, `model_settings` such as quantize); built in memory for a family the worker does
+        not serve yet."""
         import torch
 
         from services.config import WorkerConfig, load
@@ -130,12 +143,12 @@ class FamilyRun:
 
         if self.path is not None:
             config = load(environ={}, data_dir=str(self.tmp / "data"), worker={"device": self.device, **settings},
-                          models=[{"name": self.family.name, "path": str(self.path)}])
+                          models=[{"name": self.family.name, "path": str(self.path), **(model_settings or {})}])
             return ModelRegistry(config).pipeline(self.family.name).pipe  # the diffusers pipeline of its LoadedModel
         torch.manual_seed(0)
         with tempfile.TemporaryDirectory() as tok:
             pipe = self.family.build(self.args.tiny, Path(tok), self.device)
-        pipe.to(torch.float16 if self.device == "cuda" else torch.float32)
+        pipe.to(getattr(torch, self.family.dtype) if self.device == "cuda" else torch.float32)
         pipe.set_progress_bar_config(disable=True)
         speed.apply(pipe, WorkerConfig(**settings))
         return pipe
@@ -146,6 +159,17 @@ class FamilyRun:
         load_s = time.perf_counter() - t
         result = {"load_s": load_s, **plain_loop(pipe, self.family, self.size, self.steps, 1, deadline,
                                                  self.args.images)}
+        if self.device == "cuda":
+            result["peak_memory"] = peak_memory(pipe, self.family, self.size, self.steps)
+        release(pipe)
+        return result
+
+    def memory(self, worker: dict, model: dict, deadline: float) -> dict:
+        """Images/s and peak memory with offload or a quantized transformer, batch 1."""
+        t = time.perf_counter()
+        pipe = self.pipeline(model, **worker)
+        result = {"load_s": time.perf_counter() - t,
+                  **plain_loop(pipe, self.family, self.size, self.steps, 1, deadline, self.args.images)}
         if self.device == "cuda":
             result["peak_memory"] = peak_memory(pipe, self.family, self.size, self.steps)
         release(pipe)
@@ -303,7 +327,7 @@ def report(result: dict) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    ap.add_argument("--families", "--family", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     ap.add_argument("--budget-s", type=float, help="seconds for all families together (360; --tiny: 1800, a cap)")
     ap.add_argument("--images", type=int, default=32, help="at most this many images a measurement")
     ap.add_argument("--tiny", action="store_true", help="tiny models, 64×64, 4 steps, 2 images (a CPU rehearsal)")

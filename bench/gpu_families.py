@@ -74,6 +74,8 @@ class Family:
     t5_tokens: int  # the T5 encoder's sequence (the pipeline's max_sequence_length), 0: no T5
     worker: bool  # diffbus's gpu_worker serves it (else: plain loop and FLOPs only)
     build: Callable  # (tiny: bool, scratch: Path, device: str) -> the pipeline, its networks on `device`
+    dtype: str = "float16"  # on CUDA, as the worker loads it (bf16 for the flow-matching families)
+    quantizable: bool = False  # the worker's `quantize:` and offload are measured for memory
 
 
 def _clip_tokenizer(folder: Path):
@@ -181,14 +183,14 @@ def build_flux(tiny: bool, tmp: Path, device: str):
 FAMILIES = {f.name: f for f in (
     Family("sd15", "Stable Diffusion 1.5", 512, 20, 7.5, 0, True, build_sd15),
     Family("sdxl", "Stable Diffusion XL 1.0 base", 1024, 20, 5.0, 0, True, build_sdxl),
-    Family("sd3", "Stable Diffusion 3 Medium", 1024, 20, 7.0, 256, False, build_sd3),
-    Family("flux", "FLUX.1 [schnell] (timestep-distilled: 4 steps, no guidance)", 1024, 4, 0.0, 512, False,
-           build_flux),
+    Family("sd3", "Stable Diffusion 3 Medium", 1024, 20, 7.0, 256, True, build_sd3, "bfloat16", True),
+    Family("flux", "FLUX.1 [schnell] (timestep-distilled: 4 steps, no guidance)", 1024, 4, 0.0, 512, True,
+           build_flux, "bfloat16", True),
 )}
 
 
 def save(family: Family, tiny: bool, path: Path, device: str) -> Path:
-    """The family's pipeline, random weights, saved as a diffusers folder (fp16 unless tiny)."""
+    """The family's pipeline, random weights, saved as a diffusers folder (its CUDA dtype unless tiny)."""
     import torch
 
     if (path / "model_index.json").exists():
@@ -197,6 +199,6 @@ def save(family: Family, tiny: bool, path: Path, device: str) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         pipe = family.build(tiny, Path(tmp), device)  # random init is much faster on a GPU
     if not tiny:
-        pipe.to(torch.float16)
+        pipe.to(getattr(torch, family.dtype))
     pipe.to("cpu").save_pretrained(path)
     return path
