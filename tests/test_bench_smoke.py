@@ -56,19 +56,20 @@ def test_batching_reports_on_and_off(bench_env):
 
 @pytest.mark.timeout(1200)
 def test_gpu_benchmark_runs_tiny_on_any_machine(bench_env):
-    """SD 1.5 (served by diffbus: plain loop, diffbus, settings) and Flux (a transformer and T5: plain
-    loop and settings), tiny; `bench/device.sh --tiny` runs every family."""
+    """SD 1.5 and Flux (a transformer and T5), both served by diffbus: plain loop, diffbus, settings,
+    and for Flux memory with a quantized transformer; tiny; `bench/device.sh --tiny` runs every family."""
     r = run(bench_env, "gpu.py", "--tiny", "--families", "sd15", "flux")
     for name, family in r["families"].items():
         assert family["model"] == f"tiny {name}" and "process" not in family, family
         assert family["flops"]["per_image_tflop"] > 0 and family["bound_images_per_s"] > 0
         assert family["plain"]["images_per_s"] > 0 and family["plain"]["fraction_of_bound"] > 0
         assert family["settings"]["defaults"]["images_per_s"] > 0
-    sd15 = r["families"]["sd15"]
-    for name in ("unbatched", "batched_4", "batched_8"):
-        assert sd15["diffbus"][name]["images_per_s"] > 0 and sd15["diffbus"][name]["time_to_first_image_s"] > 0
-    assert sd15["diffbus"]["unbatched"]["images"] >= 2
-    assert "diffbus" not in r["families"]["flux"]  # the worker does not serve Flux yet
+    for family in r["families"].values():
+        for name in ("unbatched", "batched_4", "batched_8"):
+            assert family["diffbus"][name]["images_per_s"] > 0 and family["diffbus"][name]["time_to_first_image_s"] > 0
+        assert family["diffbus"]["unbatched"]["images"] >= 2
+    flux = r["families"]["flux"]
+    assert flux["memory"]["quantize_fp8"]["images_per_s"] > 0 and "skipped" in flux["memory"]["quantize_nf4"]
 
 
 WHEELS = Path(__file__).resolve().parent.parent / ".whl"
