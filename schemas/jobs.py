@@ -215,5 +215,7 @@ def batch_key(job: Job) -> tuple | None:
     spec = job.spec
     if not isinstance(spec, Txt2Img) or spec.hires is not None or job.stage != 0:
         return None
+    # true CFG (Flux) runs for a batch with a negative prompt in it: only jobs alike in both batch together
+    true_cfg = (spec.true_cfg_scale, bool(spec.negative_prompt.strip())) if spec.true_cfg_scale else None
     return (spec.model, spec.width, spec.height, spec.steps, spec.scheduler, spec.guidance_scale,
-            tuple(spec.loras))
+            tuple(spec.loras), true_cfg)

@@ -205,6 +205,18 @@ def test_flux_negative_prompt_needs_true_cfg(registry):
     assert sd3.shape == (64, 64, 3)
 
 
+def test_true_cfg_jobs_batch_only_with_their_like():
+    """A batch runs true CFG when any job has a negative prompt: it would change a job without one."""
+    from schemas.jobs import Job, batch_key
+
+    def key(**fields):
+        return batch_key(Job(task_id="t", spec=txt2img("flux", **fields)))
+
+    assert key(true_cfg_scale=2.0, negative_prompt="blurry") == key(true_cfg_scale=2.0, negative_prompt="text")
+    assert key(true_cfg_scale=2.0, negative_prompt="blurry") != key(true_cfg_scale=2.0) != key()
+    assert key(negative_prompt="a") == key(negative_prompt="b")  # plain CFG (SD3, SDXL) batches as before
+
+
 def test_fp8_quantize_loads_a_float8_transformer_that_draws(flow_files, tmp_path):
     """fp8 (diffusers' layerwise casting) runs on any device: the CPU covers its path."""
     import torch
