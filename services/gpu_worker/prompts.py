@@ -129,6 +129,11 @@ def needs_encoding(tokenizer, texts: list[str]) -> bool:
     return any(needs_own_encoding(tokenizer, text) for text in texts)
 
 
+def has_syntax(texts: list[str]) -> bool:
+    """Whether any of `texts` has weights, brackets, escapes or a BREAK (what T5 would read literally)."""
+    return any(parse(text) != [(text, 1.0)] for text in texts if text)
+
+
 def t5_tokens(tokenizer, text: str, max_length: int) -> tuple[list[int], list[float]]:
     """T5 token ids and weights of `text` (A1111 weights; a BREAK is a space: T5 has no chunks), ended
     with </s> and padded to `max_length` as diffusers pads, the rest cut off."""

@@ -76,7 +76,7 @@ class Flux(FlowFamily):
         embedding has no tokens to weigh) and T5's weighted tokens of the whole prompt."""
         texts = prompts + negatives
         limit = self.max_tokens(pipe)
-        if not any(syntax.parse(t) != [(t, 1.0)] for t in texts if t):
+        if not syntax.has_syntax(texts):
             return {"prompt": prompts, "negative_prompt": negatives if any(negatives) else None,
                     "max_sequence_length": limit}
         import torch

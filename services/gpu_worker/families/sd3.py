@@ -35,8 +35,7 @@ class SD3(FlowFamily):
         the pooled embeddings of both CLIP encoders' first chunks."""
         texts = prompts + negatives
         clips = [(pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)]
-        t5_syntax = pipe.tokenizer_3 is not None and any(
-            syntax.parse(t) != [(t, 1.0)] for t in texts if t)
+        t5_syntax = pipe.tokenizer_3 is not None and syntax.has_syntax(texts)
         if not t5_syntax and not any(syntax.needs_encoding(tok, texts) for tok, _ in clips):
             return {"prompt": prompts, "negative_prompt": negatives if any(negatives) else None,
                     "max_sequence_length": self.t5_max_tokens}
