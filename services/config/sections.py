@@ -194,7 +194,7 @@ class BatchingConfig(Section):
 class WorkerConfig(Section):
     models: list[str] = []  # models this worker serves; empty: every configured model
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # the pipelines' weights: auto is float16 on CUDA (an SDXL VAE whose config says force_upcast decodes in
+    # the pipelines' weights: auto is float16 on CUDA (bfloat16 for SD3 and Flux; an SDXL VAE whose config says force_upcast decodes in
     # float32, as diffusers does), float32 on the CPU; bfloat16 needs no upcast (float32's range)
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     ack_wait_s: Seconds = 30.0  # a job not heartbeated for this long goes to another worker
