@@ -194,8 +194,8 @@ class BatchingConfig(Section):
 class WorkerConfig(Section):
     models: list[str] = []  # models this worker serves; empty: every configured model
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # the pipelines' weights: auto is float16 on CUDA (bfloat16 for SD3 and Flux; an SDXL VAE whose config says force_upcast decodes in
-    # float32, as diffusers does), float32 on the CPU; bfloat16 needs no upcast (float32's range)
+    # the pipelines' weights: auto is float16 on CUDA (bfloat16 for SD3 and Flux; an SDXL VAE whose config
+    # says force_upcast decodes in float32, as diffusers does), float32 on the CPU; bfloat16 needs no upcast
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     ack_wait_s: Seconds = 30.0  # a job not heartbeated for this long goes to another worker
     max_deliver: Positive = 3  # attempts before a job ends failed

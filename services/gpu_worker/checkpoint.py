@@ -1,6 +1,6 @@
-"""Writing a diffusers Stable Diffusion 1.x or SDXL folder (SD3 and Flux: flow_checkpoint) as one original-layout (LDM / sgm / A1111)
-.safetensors checkpoint: how the single-file loading path is exercised offline with the demo models.
-Users bring their own checkpoints; this is only the way to make one here."""
+"""Writing a diffusers Stable Diffusion 1.x or SDXL folder (SD3 and Flux: flow_checkpoint) as one
+original-layout (LDM / sgm / A1111) .safetensors checkpoint: how the single-file loading path is exercised
+offline with the demo models. Users bring their own checkpoints; this is only the way to make one here."""
 
 from pathlib import Path
 

@@ -78,7 +78,8 @@ def plan(config) -> list[tuple[str, list[str], bool]]:
     out = [("pos_embed", ["pos_embed.pos_embed"], False), *_rules(SD3_TOP, "", "")]
     for i in range(config["num_layers"]):
         last = i == config["num_layers"] - 1  # the last block's context AdaLN is the continuous kind (swapped)
-        context = [("context_block.adaLN_modulation.1", ["swap:norm1_context.linear" if last else "norm1_context.linear"])]
+        context = [("context_block.adaLN_modulation.1",
+                    ["swap:norm1_context.linear" if last else "norm1_context.linear"])]
         out += _rules(SD3_BLOCK + context, f"joint_blocks.{i}.", f"transformer_blocks.{i}.")
     return out
 
