@@ -205,6 +205,28 @@ async def test_fooocus_stream_output_wins_over_async_process(client):
     assert lines[-1]["message"] == "Finished" and len(lines[-1]["images"]) == 1
 
 
+async def test_fooocus_example_html_reads_progress_then_the_images(client):
+    """FooocusAPI's docs/example.html as its script runs: the body it sends (its defaults), and its
+    reader: each chunk appended to a buffer, the text from the first `{` to the last `}` parsed; it
+    shows `progress` and `message`, and takes `images` when progress is 100."""
+    body = {"prompt": "a cute cat", "negative_prompt": "", "async_process": True, "stream_output": True,
+            "image_number": 1, "performance_selection": "Speed"}
+    resp = await fooocus(client, body)
+    assert resp.status == 200
+    buffer, seen, images = "", [], None
+    async for chunk in resp.content.iter_any():
+        buffer += chunk.decode()
+        start, end = buffer.find("{"), buffer.rfind("}")
+        if start != -1 and end != -1 and start < end:
+            data = json.loads(buffer[start:end + 1])  # JSON.parse: two messages in one chunk would throw
+            buffer = buffer[end + 1:]
+            seen.append((data["progress"], data["message"]))
+            if data["progress"] == 100:
+                images = data["images"]
+    assert seen[-1] == (100, "Finished") and seen == sorted(seen, key=lambda s: s[0]), seen
+    assert len(images) == 1 and decode_image(await (await client.session.get(images[0])).read()).size == (64, 64)
+
+
 @pytest.mark.parametrize("accept, content_type", [("image/webp", "image/webp"), ("image/jpeg", "image/jpeg"),
                                                   ("text/html, image/png;q=0.9", "image/png")])
 async def test_fooocus_accept_picks_the_binary_format(client, accept, content_type):

@@ -2,6 +2,7 @@
 API: what users of these families check (sizes, seeds, img2img size, inpaint, prompt weights, T5
 reading past CLIP's 77 tokens, LoRA, single files, previews, samplers, Flux's negative prompt)."""
 
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -281,3 +282,21 @@ async def test_the_api_maps_samplers_and_refuses_what_flux_cannot_do(flux_stack)
         assert error["loc"][-1] == "negative_prompt" and "true_cfg_scale" in error["msg"]
         async with session.post(f"{url}/api/v1/generate", json={**negative, "true_cfg_scale": 2.0}) as resp:
             assert resp.status in (200, 202), await resp.text()
+        # FooocusAPI's default styles add negative text of their own: on Flux without true CFG it is left
+        # out (a Fooocus client with its defaults can generate); a negative the client typed is refused.
+        fooocus = {"prompt": "a cat", "aspect_ratios_selection": "64*64", "overwrite_step": 2,
+                   "base_model_name": "flux", "async_process": True}
+        async with session.post(f"{url}/v1/engine/generate/", json=fooocus) as resp:
+            assert resp.status == 200, await resp.text()
+            task = await resp.json()
+        async with session.post(f"{url}/v1/engine/generate/", json={**fooocus, "negative_prompt": "blurry"}) as resp:
+            assert resp.status == 422
+            [error] = (await resp.json())["detail"]
+        assert error["loc"][-1] == "negative_prompt"
+        for _ in range(600):
+            async with session.get(f"{url}/tasks/{task['task_id']}") as resp:
+                record = await resp.json()
+            if record["task_status"] in ("finished", "failed", "stop"):
+                break
+            await asyncio.sleep(0.1)
+        assert record["task_status"] == "finished", record

@@ -3,6 +3,7 @@
 request are in fooocus_request.py; the /tasks history, the model list, the stop/skip control and /ping in
 fooocus_tasks.py."""
 
+import asyncio
 import base64
 import json
 
@@ -135,11 +136,29 @@ def _line(progress: int, message: str, preview: str | None = None, images: list 
     return f"data: {text}\r\ndata: \r\n\r\n".encode()
 
 
+# FooocusAPI writes at most one message per 0.2 s poll, and its example.html relies on it: the script
+# JSON-parses each chunk it reads from the first `{` to the last `}`, so two messages arriving in one
+# chunk would throw and stop its reader. diffbus keeps the same spacing.
+STREAM_SPACING_S = 0.2
+
+
+class _SpacedWriter:
+    def __init__(self, resp: web.StreamResponse):
+        self.resp, self.last = resp, float("-inf")
+
+    async def write(self, line: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self.last + STREAM_SPACING_S - loop.time()))
+        await self.resp.write(line)
+        self.last = loop.time()
+
+
 async def _stream(request: web.Request, who: Principal, record: TaskRecord, req: GenerateRequest) -> web.StreamResponse:
     ctx = request.app[CTX]
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                        "X-Accel-Buffering": "no"})
     await resp.prepare(request)
+    out_stream = _SpacedWriter(resp)
     images = "image 1/1" if req.image_number == 1 else f"images 1-{req.image_number}/{req.image_number}"
     last = 0
     async for out in live.follow(ctx, record.task_id, who, lambda r: r, previews=not req.disable_preview):
@@ -148,26 +167,26 @@ async def _stream(request: web.Request, who: Principal, record: TaskRecord, req:
         if out.name == "state":
             status = out.data.status
             message = "Waiting in queue ..." if status is TaskStatus.PENDING else "Preparing task 1/1 ..."
-            await resp.write(_line(last, message))
+            await out_stream.write(_line(last, message))
         elif out.name == "progress":
             if out.data.get("status") == TaskStatus.PENDING:
-                await resp.write(_line(0, f"Waiting in queue, {out.data.get('queue_position')} ahead ..."))
+                await out_stream.write(_line(0, f"Waiting in queue, {out.data.get('queue_position')} ahead ..."))
                 continue
             last = min(99, int(out.data["fraction"] * 100))
             preview = preview_uri(msgspec.convert(out.data, live.Progress))
             stage = "Upscaling" if out.data.get("stage_name") == "upscale" else "Sampling step"
-            await resp.write(_line(last, f"{stage} {out.data['step']}/{out.data['total_steps']}, {images} ...",
+            await out_stream.write(_line(last, f"{stage} {out.data['step']}/{out.data['total_steps']}, {images} ...",
                                    preview))
         else:
             done: TaskRecord = out.data
             if done.status is TaskStatus.COMPLETED:
-                await resp.write(_line(100, f"Saving {images} to system ..."))
-                await resp.write(_line(100, "Finished", images=await results(ctx, done, req.require_base64,
+                await out_stream.write(_line(100, f"Saving {images} to system ..."))
+                await out_stream.write(_line(100, "Finished", images=await results(ctx, done, req.require_base64,
                                                                               ctx.file_urls(request))))
             elif done.status is TaskStatus.FAILED:
-                await resp.write(_line(last, f"Failed: {done.error_message}"))
+                await out_stream.write(_line(last, f"Failed: {done.error_message}"))
             else:
-                await resp.write(_line(last, "Stopped"))
+                await out_stream.write(_line(last, "Stopped"))
     return resp
 
 

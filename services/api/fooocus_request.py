@@ -250,11 +250,11 @@ def to_request(req: GenerateRequest, images: dict[str, InputImage], config,
                               output_format=request_layer.output_format(req.output_format),
                               names={"image": ["uov_input_image"], "scale": ["upscale_multiple"],
                                      "upscaler": ["uov_method"]})
-    prompt, negative = styled(req.prompt, req.negative_prompt, config.fooocus.default_styles
-                              if req.style_selections is None else req.style_selections, config)
+    prompt, style_negative = styled(req.prompt, "", config.fooocus.default_styles
+                                    if req.style_selections is None else req.style_selections, config)
     chosen = _scheduler(req)
     out = GenerationRequest(
-        prompt=prompt.strip() or " ", negative_prompt=negative, model=_model_name(req.base_model_name, config),
+        prompt=prompt.strip() or " ", negative_prompt=req.negative_prompt, style_negative=style_negative, model=_model_name(req.base_model_name, config),
         num_images=req.image_number, seed=req.image_seed, guidance_scale=req.guidance_scale,
         steps=req.overwrite_step if req.overwrite_step > 0 else PERFORMANCE_STEPS[req.performance_selection],
         output_format=request_layer.output_format(req.output_format), scheduler=chosen.scheduler,

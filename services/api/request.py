@@ -71,6 +71,9 @@ class GenerationRequest:
     # maps it to that family's flow-matching scheduler, or refuses it
     sampler: samplers.Resolution | None = None
     true_cfg_scale: float | None = None  # Flux: real CFG, needed for a negative prompt (2x the work)
+    # negative text a template added (Fooocus styles), not the client's own: where a model takes a
+    # negative prompt only with true CFG and none was asked for, it is left out rather than refused
+    style_negative: str = ""
     seed: int | None = None  # None or -1: random
     seed_increment: bool = True
     output_format: OutputFormat = OutputFormat.PNG
@@ -170,6 +173,12 @@ def _scheduler_for(req: GenerationRequest, model, info) -> tuple[str | None, dic
     return scheduler, options
 
 
+def _negative(req: GenerationRequest, info) -> str:
+    without_true_cfg = info is not None and info.negative_needs_true_cfg and not (req.true_cfg_scale or 0) > 1
+    parts = [req.negative_prompt] + ([] if without_true_cfg else [req.style_negative])
+    return ", ".join(part for part in parts if part)
+
+
 async def build(ctx, req: GenerationRequest) -> JobSpec:
     """The JobSpec of a neutral request: limits checked, defaults filled in, seed chosen, images stored."""
     config = ctx.config
@@ -181,7 +190,7 @@ async def build(ctx, req: GenerationRequest) -> JobSpec:
     scheduler, options = _scheduler_for(req, model, info)
     common = dict(
         model=model.name, model_hash=info and info.sha256 and info.sha256[:10], prompt=prompt, loras=loras,
-        negative_prompt=req.negative_prompt or "", num_images=req.num_images, steps=steps,
+        negative_prompt=_negative(req, info), num_images=req.num_images, steps=steps,
         guidance_scale=_first(req.guidance_scale, model.guidance_scale, info and info.guidance_scale,
                               config.defaults.guidance_scale), true_cfg_scale=req.true_cfg_scale,
         scheduler=scheduler, scheduler_options=options,
