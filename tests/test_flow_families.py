@@ -4,6 +4,7 @@ reading past CLIP's 77 tokens, LoRA, single files, previews, samplers, Flux's ne
 
 import asyncio
 import contextlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -300,3 +301,14 @@ async def test_the_api_maps_samplers_and_refuses_what_flux_cannot_do(flux_stack)
                 break
             await asyncio.sleep(0.1)
         assert record["task_status"] == "finished", record
+        # Forge's Flux fields: distilled_cfg_scale is the distilled guidance, cfg_scale real CFG (1: off).
+        forge = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "seed": 5, "sampler_name": "Euler",
+                 "distilled_cfg_scale": 3.5, "negative_prompt": "blurry"}
+        async with session.post(f"{url}/sdapi/v1/txt2img", json={**forge, "cfg_scale": 1}) as resp:
+            assert resp.status == 422
+            [error] = (await resp.json())["detail"]
+        assert error["loc"][-1] == "negative_prompt"
+        async with session.post(f"{url}/sdapi/v1/txt2img", json={**forge, "cfg_scale": 4}) as resp:
+            assert resp.status == 200, await resp.text()
+            info = json.loads((await resp.json())["info"])
+        assert info["cfg_scale"] == 3.5 and "True CFG scale: 4" in info["infotexts"][0], info

@@ -138,3 +138,17 @@ async def test_an_invalid_field_is_named_as_the_dialect_names_it(ctx, mapped, lo
     with pytest.raises(ApiError) as e:
         await build(ctx, mapped())
     assert e.value.status == 422 and e.value.detail[0]["loc"] == ["body", *loc], e.value.detail
+
+
+def test_forge_distilled_cfg_scale_is_flux_guidance_and_ignored_elsewhere():
+    from schemas.workers import ModelInfo
+
+    req = request_layer.GenerationRequest(prompt="x", guidance_scale=4.0, distilled_guidance=3.5)
+    flux = ModelInfo(family="flux", width=64, height=64, flow_matching=True, negative_needs_true_cfg=True)
+    sd1 = ModelInfo(family="sd1", width=64, height=64)
+    on_flux = request_layer._forge_guidance(req, flux)
+    assert (on_flux.guidance_scale, on_flux.true_cfg_scale) == (3.5, 4.0)
+    off = request_layer._forge_guidance(request_layer.GenerationRequest(prompt="x", guidance_scale=1.0,
+                                                                        distilled_guidance=3.5), flux)
+    assert (off.guidance_scale, off.true_cfg_scale) == (3.5, None)  # Forge's cfg_scale 1: no real CFG
+    assert request_layer._forge_guidance(req, sd1) is req  # SD 1.x: cfg_scale is CFG, as in Forge

@@ -98,7 +98,8 @@ class A1111Request(BaseModel):
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
     steps: int = Field(50, ge=1)
-    cfg_scale: float = 7.0  # Flux dev: its distilled guidance
+    cfg_scale: float = 7.0  # Flux dev: its distilled guidance, unless distilled_cfg_scale is given
+    distilled_cfg_scale: float | None = Field(None, ge=0)  # Forge: Flux's distilled guidance; cfg_scale is then real CFG
     true_cfg_scale: float | None = Field(None, ge=1)  # Flux: real CFG, for a negative prompt (diffusers' name)
     width: int = Field(512, ge=1)
     height: int = Field(512, ge=1)
@@ -133,7 +134,7 @@ class A1111Request(BaseModel):
 
 
 # The A1111 name of each neutral request field (for errors).
-NAMES = {"steps": ["steps"], "guidance_scale": ["cfg_scale"], "num_images": ["batch_size"],
+NAMES = {"steps": ["steps"], "guidance_scale": ["cfg_scale"], "distilled_guidance": ["distilled_cfg_scale"], "num_images": ["batch_size"],
          "init_image": ["init_images", 0], "mask_image": ["mask"], "strength": ["denoising_strength"],
          "model": ["sd_model_checkpoint"], "hr_steps": ["hr_second_pass_steps"], "hires": ["enable_hr"],
          "loras": ["prompt"], "scheduler": ["sampler_name"]}
@@ -209,7 +210,7 @@ def to_request(req: A1111Request, owner_options: dict, init: InputImage | None, 
         prompt=prompt or " ", negative_prompt=negative, model=model, seed=req.seed, steps=req.steps,
         guidance_scale=req.cfg_scale, width=None if init else req.width, height=None if init else req.height,
         num_images=req.batch_size * req.n_iter, scheduler=chosen.scheduler, scheduler_options=chosen.options,
-        sampler=chosen, true_cfg_scale=req.true_cfg_scale,
+        sampler=chosen, true_cfg_scale=req.true_cfg_scale, distilled_guidance=req.distilled_cfg_scale,
         init_image=init, strength=strength, mask_image=mask, hires=hires, names=NAMES,
         inpaint=InpaintOptions(mask_blur=req.mask_blur, fill=INPAINTING_FILL[req.inpainting_fill],
                                full_res=req.inpaint_full_res, full_res_padding=req.inpaint_full_res_padding,

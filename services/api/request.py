@@ -8,7 +8,7 @@ builder finds names the field the client sent (`steps` for A1111, `overwrite_ste
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from schemas.jobs import (
     LATENT_UPSCALER,
@@ -71,6 +71,9 @@ class GenerationRequest:
     # maps it to that family's flow-matching scheduler, or refuses it
     sampler: samplers.Resolution | None = None
     true_cfg_scale: float | None = None  # Flux: real CFG, needed for a negative prompt (2x the work)
+    # Forge's `distilled_cfg_scale`: on a model with distilled guidance (Flux dev) it is that guidance and
+    # `guidance_scale` (Forge's cfg_scale) is real CFG, off at 1; other models ignore it, as Forge does
+    distilled_guidance: float | None = None
     # negative text a template added (Fooocus styles), not the client's own: where a model takes a
     # negative prompt only with true CFG and none was asked for, it is left out rather than refused
     style_negative: str = ""
@@ -173,6 +176,15 @@ def _scheduler_for(req: GenerationRequest, model, info) -> tuple[str | None, dic
     return scheduler, options
 
 
+def _forge_guidance(req: GenerationRequest, info) -> GenerationRequest:
+    if req.distilled_guidance is None or info is None or not info.negative_needs_true_cfg:
+        return req
+    true_cfg = req.true_cfg_scale
+    if true_cfg is None and (req.guidance_scale or 0) > 1:
+        true_cfg = req.guidance_scale
+    return replace(req, guidance_scale=req.distilled_guidance, true_cfg_scale=true_cfg)
+
+
 def _negative(req: GenerationRequest, info) -> str:
     without_true_cfg = info is not None and info.negative_needs_true_cfg and not (req.true_cfg_scale or 0) > 1
     parts = [req.negative_prompt] + ([] if without_true_cfg else [req.style_negative])
@@ -186,6 +198,7 @@ async def build(ctx, req: GenerationRequest) -> JobSpec:
     model = config.model(req.model or config.default_model)
     prompt, loras = await ctx.loras.resolve(req.prompt, req.loras, model.name, req.names.get("loras", ["loras"]))
     info = ctx.workers.model_info(model.name)
+    req = _forge_guidance(req, info)
     steps = req.steps or model.steps or (info and info.steps) or config.defaults.steps
     scheduler, options = _scheduler_for(req, model, info)
     common = dict(
