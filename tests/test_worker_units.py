@@ -161,3 +161,32 @@ def test_every_stage_of_every_task_has_a_handler_on_the_worker_its_queue_feeds()
             assert stage.name in worker.stages, (spec, stage)
             routes.append((stage.name, worker.kind))
     assert sorted(set(routes)) == [("generate", "gpu"), ("refine", "gpu"), ("upscale", "upscale")]
+
+
+async def test_a_pull_that_comes_back_empty_from_a_queue_that_held_more_is_tried_again_not_idled():
+    """A loaded cluster can let a short pull expire with jobs waiting. The worker keeps the queue
+    ready and pulls again waiting longer, instead of idling until the next poll (a second of a GPU
+    lost per job); a queue that said it was empty is given up as before."""
+    from services.config import WorkerConfig
+    from services.worker.queues import FETCH_S, Queues
+
+    class Pull:  # a pull subscription's answers, in order: a job with `pending` behind it, or nothing
+        def __init__(self, *answers):
+            self.answers, self.waits = list(answers), []
+
+        async def fetch(self, batch, timeout):
+            self.waits.append(timeout)
+            pending = self.answers.pop(0)
+            if pending is None:
+                raise TimeoutError
+            return [SimpleNamespace(metadata=SimpleNamespace(num_pending=pending))]
+
+    queues = Queues(None, None, WorkerConfig())
+    queues.pulls = [Pull(5, None, 4, None)]
+    queues.ready = {0}
+    assert (await queues.next()).metadata.num_pending == 5
+    assert await queues.next() is None and queues.ready == {0}  # expired with 5 behind: still ready
+    assert (await queues.next()).metadata.num_pending == 4
+    assert queues.pulls[0].waits[1] == FETCH_S and queues.pulls[0].waits[2] > FETCH_S  # waited as if rung
+    queues.pending[0] = 0
+    assert await queues.next() is None and queues.ready == set()  # said empty, came back empty: idle

@@ -33,6 +33,7 @@ class Queues:
         self.fair_of: dict[str, int] = {}  # job subject -> index of its FairQueue (fair sharing)
         self.ready: set[int] = set()  # queues believed to hold work
         self.rang: dict[int, float] = {}  # queue index -> when its doorbell last rang (monotonic)
+        self.pending: dict[int, int] = {}  # queue index -> jobs left behind the last one fetched from it
         self.subs: list = []  # core subscriptions
         self.held: deque = deque()  # fetched while gathering a batch, run next
         self.holding: dict[int, asyncio.Task] = {}  # id(msg) -> its heartbeat while held
@@ -101,10 +102,16 @@ class Queues:
         fetched = await bus.fetch(self.pulls[index], 1, self.pull_wait(index))
         holds_more = getattr(self.pulls[index], "holds_more", False)  # a fair-shared queue knows better
         if not fetched:
-            if not holds_more:
+            if self.pending.pop(index, 0) > 0:
+                # The queue held more a moment ago: a short pull that came back empty is a server slow to
+                # answer (a loaded cluster), not an empty queue. Pull again, waiting as if rung, rather
+                # than idling until the next poll with work waiting.
+                self.rang[index] = time.monotonic()
+            elif not holds_more:
                 self.ready.discard(index)
             return None
         [msg] = fetched
+        self.pending[index] = msg.metadata.num_pending
         if msg.metadata.num_pending == 0 and not getattr(self.pulls[index], "holds_more", False):
             self.ready.discard(index)
         return msg
