@@ -92,8 +92,8 @@ class Settler:
         heartbeats = [asyncio.create_task(bus.keep_alive(w.msg, self.ack_wait_s)) for w in works]
         started = time.perf_counter()
         try:
-            outcomes = await self._outcomes(works, handle, announced)
-            for work, outcome in zip(works, outcomes):
+            results = await self._outcomes(works, handle, announced)
+            for work, outcome in zip(works, results):
                 if batch and work.cancel.is_set():  # a batch is not stopped for one of its tasks
                     outcome = outcomes.Cancelled()
                 await self._settle(work, decide(outcome, work.attempt, self.policy), time.perf_counter() - started)
