@@ -235,3 +235,28 @@ async def test_compatible_jobs_run_as_one_batch_with_the_same_images(batching_st
         await nc.close()
     assert all(sorted(event.batch) == sorted(ids) for event in events.values())
     assert all(_max_diff(a, b) <= 1 for a, b in zip(alone, batched))
+
+
+async def test_a_task_cancelled_inside_a_batch_ends_cancelled_and_the_others_complete(batching_stack):
+    """A batch runs on for its other tasks; the cancelled one ends cancelled, with no image."""
+    bodies = [{"prompt": f"a kite {i}", "seed": 30 + i, "num_inference_steps": 40, "width": 256, "height": 256}
+              for i in range(3)]
+    nc = await nats.connect(batching_stack.nats_url)
+    try:
+        started = await nc.subscribe(subjects.task_event("*", "started"))
+        async with aiohttp.ClientSession() as session:
+            client = Client(session, batching_stack.base_url)
+            busy = await client.submit({"prompt": "slow", "width": 512, "height": 512, "num_inference_steps": 30})
+            while decode_event((await started.next_msg(timeout=30)).data).task_id != busy:
+                pass
+            ids = [await client.submit(body) for body in bodies]
+            while not set(decode_event((await started.next_msg(timeout=60)).data).batch) >= set(ids):
+                pass
+            async with session.post(f"{batching_stack.base_url}/api/v1/tasks/{ids[1]}/cancel",
+                                    headers=client.headers()) as resp:
+                assert resp.status in (200, 202), await resp.text()
+            tasks = [await client.wait(task_id, timeout=120) for task_id in ids]
+    finally:
+        await nc.close()
+    assert [t["status"] for t in tasks] == ["completed", "cancelled", "completed"], tasks
+    assert not tasks[1].get("result_urls")
