@@ -8,7 +8,6 @@ import hashlib
 import json
 import time
 import uuid
-from pathlib import Path
 
 import msgspec
 from aiohttp import web
@@ -99,7 +98,7 @@ class A1111Request(BaseModel):
     n_iter: int = Field(1, ge=1)
     steps: int = Field(50, ge=1)
     cfg_scale: float = 7.0  # Flux dev: its distilled guidance, unless distilled_cfg_scale is given
-    distilled_cfg_scale: float | None = Field(None, ge=0)  # Forge: Flux's distilled guidance; cfg_scale is then real CFG
+    distilled_cfg_scale: float | None = Field(None, ge=0)  # Forge: Flux's distilled guidance (cfg_scale: real CFG)
     true_cfg_scale: float | None = Field(None, ge=1)  # Flux: real CFG, for a negative prompt (diffusers' name)
     width: int = Field(512, ge=1)
     height: int = Field(512, ge=1)
@@ -134,10 +133,10 @@ class A1111Request(BaseModel):
 
 
 # The A1111 name of each neutral request field (for errors).
-NAMES = {"steps": ["steps"], "guidance_scale": ["cfg_scale"], "distilled_guidance": ["distilled_cfg_scale"], "num_images": ["batch_size"],
-         "init_image": ["init_images", 0], "mask_image": ["mask"], "strength": ["denoising_strength"],
-         "model": ["sd_model_checkpoint"], "hr_steps": ["hr_second_pass_steps"], "hires": ["enable_hr"],
-         "loras": ["prompt"], "scheduler": ["sampler_name"]}
+NAMES = {"steps": ["steps"], "guidance_scale": ["cfg_scale"], "distilled_guidance": ["distilled_cfg_scale"],
+         "num_images": ["batch_size"], "init_image": ["init_images", 0], "mask_image": ["mask"],
+         "strength": ["denoising_strength"], "model": ["sd_model_checkpoint"], "hr_steps": ["hr_second_pass_steps"],
+         "hires": ["enable_hr"], "loras": ["prompt"], "scheduler": ["sampler_name"]}
 
 
 def principal(request: web.Request) -> Principal:
@@ -178,12 +177,7 @@ def _unsupported(req: A1111Request) -> None:
 
 def model_named(title: str, config) -> str | None:
     """A configured model from an A1111 checkpoint title: "name", "name.safetensors", "name [hash]"."""
-    bare = title.split(" [", 1)[0].strip()
-    for model in config.models:
-        files = [Path(p).name for p in (model.path, model.checkpoint) if p]
-        if bare in (model.name, *files) or Path(bare).stem in (model.name, *(Path(f).stem for f in files)):
-            return model.name
-    return None
+    return request_layer.configured_model(title.split(" [", 1)[0].strip(), config)
 
 
 def to_request(req: A1111Request, owner_options: dict, init: InputImage | None, mask: InputImage | None,
@@ -192,8 +186,9 @@ def to_request(req: A1111Request, owner_options: dict, init: InputImage | None, 
     title = req.override_settings.get("sd_model_checkpoint") or owner_options.get("sd_model_checkpoint")
     model = (model_named(str(title), config) or str(title)) if title else None  # unknown: the builder says
     names = [n for n in req.styles if n]
-    if prompt_styles.unknown(names, config):
-        raise invalid(["styles"], f"unknown styles {prompt_styles.unknown(names, config)}; "
+    unknown = prompt_styles.unknown(names, config)
+    if unknown:
+        raise invalid(["styles"], f"unknown styles {unknown}; "
                                   f"known: {list(prompt_styles.load(config))}")
     prompt, negative = prompt_styles.apply_a1111(req.prompt, req.negative_prompt, names, config)
     hires = None

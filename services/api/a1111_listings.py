@@ -7,7 +7,6 @@ import json
 import os
 from pathlib import Path
 
-import msgspec
 from aiohttp import web
 
 from schemas.jobs import LATENT_UPSCALER
@@ -20,15 +19,12 @@ from .a1111_replies import (Embeddings, Extension, FaceRestorer, Hypernetwork, L
                             SdVae, Upscaler)
 from .context import CTX
 from .errors import invalid
+from .replies import json_reply
 
 MAX_OPTIONS_CHARS = 64 * 1024  # a key's stored options (a KV value)
 UPSCALER_SCALE = 4  # every configured upscaler model is a ×4 network; Lanczos and Nearest resize to any scale
 OPTION_DEFAULTS = {"sd_vae": "Automatic", "CLIP_stop_at_last_layers": 1, "samples_format": "png",
                    "sd_checkpoint_hash": None, "eta_noise_seed_delta": 0}
-
-
-def reply(value) -> web.Response:
-    return web.Response(body=msgspec.json.encode(value), content_type="application/json")
 
 
 @DOCS.route("GET", PREFIX + "options", "This key's options", response={"type": "object"}, errors=(401,))
@@ -73,7 +69,8 @@ async def cmd_flags(request: web.Request) -> web.Response:
 async def sd_models(request: web.Request) -> web.Response:
     principal(request)
     ctx = request.app[CTX]
-    return reply([sd_model(m, ctx.workers.model_info(m.name), ctx.workers.default_size(m)) for m in ctx.config.models])
+    return json_reply([sd_model(m, ctx.workers.model_info(m.name), ctx.workers.default_size(m))
+                       for m in ctx.config.models])
 
 
 def sd_model(m, info, size: tuple[int, int]) -> SdModel:
@@ -89,15 +86,15 @@ def sd_model(m, info, size: tuple[int, int]) -> SdModel:
 @DOCS.route("GET", PREFIX + "samplers", "Sampler names", response=list[Sampler], errors=(401,))
 async def sampler_list(request: web.Request) -> web.Response:
     principal(request)
-    return reply([Sampler(**item) for item in samplers.listing()])
+    return json_reply([Sampler(**item) for item in samplers.listing()])
 
 
 @DOCS.route("GET", PREFIX + "schedulers", "Schedule types txt2img runs (by name or label)",
             response=list[ScheduleType], errors=(401,))
 async def schedule_list(request: web.Request) -> web.Response:
     principal(request)
-    return reply([ScheduleType(name=s.name, label=s.label, aliases=s.aliases, default_rho=s.default_rho,
-                               need_inner_model=s.need_inner_model) for s in samplers.usable_schedule_types()])
+    return json_reply([ScheduleType(name=s.name, label=s.label, aliases=s.aliases, default_rho=s.default_rho,
+                                    need_inner_model=s.need_inner_model) for s in samplers.usable_schedule_types()])
 
 
 @DOCS.route("GET", PREFIX + "upscalers", "Upscalers (\"None\" first, as A1111)", response=list[Upscaler],
@@ -106,31 +103,32 @@ async def upscaler_list(request: web.Request) -> web.Response:
     principal(request)
     config = request.app[CTX].config
     models = {u.name for u in config.upscalers}
-    return reply([Upscaler(name=n, model_name=n if n in models else None, model_path=None, model_url=None,
-                           scale=UPSCALER_SCALE) for n in ["None", *config.upscaler_names]])
+    return json_reply([Upscaler(name=n, model_name=n if n in models else None, model_path=None, model_url=None,
+                                scale=UPSCALER_SCALE) for n in ["None", *config.upscaler_names]])
 
 
 @DOCS.route("GET", PREFIX + "latent-upscale-modes", "Latent upscale modes for hr_upscaler",
             response=list[LatentUpscaleMode], errors=(401,))
 async def latent_upscale_modes(request: web.Request) -> web.Response:
     principal(request)
-    return reply([LatentUpscaleMode(name=LATENT_UPSCALER)])
+    return json_reply([LatentUpscaleMode(name=LATENT_UPSCALER)])
 
 
 @DOCS.route("GET", PREFIX + "realesrgan-models", "The configured upscaler models", response=list[RealesrganModel],
             errors=(401,))
 async def realesrgan_models(request: web.Request) -> web.Response:
     principal(request)
-    return reply([RealesrganModel(name=u.name, path=None, scale=UPSCALER_SCALE)
-                  for u in request.app[CTX].config.upscalers])
+    return json_reply([RealesrganModel(name=u.name, path=None, scale=UPSCALER_SCALE)
+                       for u in request.app[CTX].config.upscalers])
 
 
 @DOCS.route("GET", PREFIX + "prompt-styles", "Prompt styles, usable in `styles`", response=list[PromptStyle],
             errors=(401,))
 async def prompt_style_list(request: web.Request) -> web.Response:
     principal(request)
-    return reply([PromptStyle(name=s["name"], prompt=s.get("prompt", ""), negative_prompt=s.get("negative_prompt", ""))
-                  for s in prompt_styles.load(request.app[CTX].config).values()])
+    return json_reply([PromptStyle(name=s["name"], prompt=s.get("prompt", ""),
+                                   negative_prompt=s.get("negative_prompt", ""))
+                       for s in prompt_styles.load(request.app[CTX].config).values()])
 
 
 @DOCS.route("GET", PREFIX + "loras", "LoRA files", response=list[Lora], errors=(401,))
@@ -138,14 +136,14 @@ async def lora_list(request: web.Request) -> web.Response:
     principal(request)
     ctx = request.app[CTX]
     files = ctx.loras.available(ctx.config.default_model)
-    return reply([Lora(name=n, alias=n, path=n, metadata={"sha256": h}) for n, h in sorted(files.items())])
+    return json_reply([Lora(name=n, alias=n, path=n, metadata={"sha256": h}) for n, h in sorted(files.items())])
 
 
 @DOCS.route("GET", PREFIX + "embeddings", "Textual-inversion embeddings (diffbus loads none)", response=Embeddings,
             errors=(401,))
 async def embeddings(request: web.Request) -> web.Response:
     principal(request)
-    return reply(Embeddings(loaded={}, skipped={}))
+    return json_reply(Embeddings(loaded={}, skipped={}))
 
 
 def _ram() -> dict:
@@ -163,13 +161,13 @@ def _ram() -> dict:
             response=Memory, errors=(401,))
 async def memory(request: web.Request) -> web.Response:
     principal(request)
-    return reply(Memory(ram=_ram(), cuda={"error": "unavailable: GPUs are on the workers, see /health"}))
+    return json_reply(Memory(ram=_ram(), cuda={"error": "unavailable: GPUs are on the workers, see /health"}))
 
 
 @DOCS.route("GET", PREFIX + "scripts", "Scripts (diffbus runs none)", response=ScriptsList, errors=(401,))
 async def scripts(request: web.Request) -> web.Response:
     principal(request)
-    return reply(ScriptsList(txt2img=[], img2img=[]))
+    return json_reply(ScriptsList(txt2img=[], img2img=[]))
 
 
 def empty_list(description: str, item: type):

@@ -136,14 +136,10 @@ class GenerateRequest(BaseModel):
         return None if value is None or (isinstance(value, str) and value.strip() in NO_IMAGE) else value
 
 
-def styles(config) -> dict[str, dict]:
-    return prompt_styles.load(config)
-
-
 def styled(prompt: str, negative: str, names: list[str], config) -> tuple[str, str]:
     """Fooocus's template styles: each puts the prompt at `{prompt}` and adds its negative prompt."""
-    known = styles(config)
-    unknown = [n for n in names if n not in known]
+    known = prompt_styles.load(config)
+    unknown = prompt_styles.unknown(names, config)
     if unknown:
         raise invalid(["style_selections"], f"unknown styles {unknown}; known: {sorted(known)}")
     positives, negatives = [], [negative] if negative else []
@@ -179,11 +175,7 @@ def _model_name(name: str | None, config) -> str | None:
     """A configured model by name, file name or file stem (Fooocus sends "x.safetensors")."""
     if not name or name == "None":
         return None
-    for model in config.models:
-        files = [Path(p).name for p in (model.path, model.checkpoint) if p]
-        if name in (model.name, *files) or Path(name).stem in (model.name, *(Path(f).stem for f in files)):
-            return model.name
-    return name  # unknown: the native validation names the choices
+    return request_layer.configured_model(name, config) or name  # unknown: the builder names the choices
 
 
 def default_aspect(native: tuple[int, int]) -> tuple[int, int]:
@@ -254,7 +246,8 @@ def to_request(req: GenerateRequest, images: dict[str, InputImage], config,
                                     if req.style_selections is None else req.style_selections, config)
     chosen = _scheduler(req)
     out = GenerationRequest(
-        prompt=prompt.strip() or " ", negative_prompt=req.negative_prompt, style_negative=style_negative, model=_model_name(req.base_model_name, config),
+        prompt=prompt.strip() or " ", negative_prompt=req.negative_prompt, style_negative=style_negative,
+        model=_model_name(req.base_model_name, config),
         num_images=req.image_number, seed=req.image_seed, guidance_scale=req.guidance_scale,
         steps=req.overwrite_step if req.overwrite_step > 0 else PERFORMANCE_STEPS[req.performance_selection],
         output_format=request_layer.output_format(req.output_format), scheduler=chosen.scheduler,

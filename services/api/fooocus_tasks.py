@@ -7,10 +7,10 @@ from schemas.events import TaskStatus
 from schemas.queries import TaskList
 
 from . import apidoc, history
+from . import styles as prompt_styles
 from .context import CTX
 from .fooocus import DOCS, _view, principal
 from .fooocus_replies import AllModels, ControlReply, ModelDetails, TaskLists, TaskObject
-from .fooocus_request import styles
 from .replies import json_reply
 
 TIME_PARAMS = (apidoc.Param("start_at", description="ISO 8601, e.g. 2024-07-03T12:22:30 (UTC without a zone)"),
@@ -63,9 +63,10 @@ async def task(request: web.Request) -> web.Response:
 async def all_models(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     principal(request)
-    details = [ModelDetails(name=m.name, family=(info := ctx.workers.model_info(m.name)) and info.family,
-                            width=ctx.workers.default_size(m)[0], height=ctx.workers.default_size(m)[1])
-               for m in ctx.config.models]
+    details = []
+    for m in ctx.config.models:
+        info, (width, height) = ctx.workers.model_info(m.name), ctx.workers.default_size(m)
+        details.append(ModelDetails(name=m.name, family=info and info.family, width=width, height=height))
     return json_reply(AllModels(model_filenames=[m.name for m in ctx.config.models],
                                 lora_filenames=sorted(ctx.loras.available(ctx.config.default_model)), models=details))
 
@@ -73,7 +74,7 @@ async def all_models(request: web.Request) -> web.Response:
 @DOCS.route("GET", "/v1/engines/styles", "Style names", response=list[str], errors=(401,))
 async def style_names(request: web.Request) -> web.Response:
     principal(request)
-    return web.json_response(sorted(styles(request.app[CTX].config)))
+    return web.json_response(sorted(prompt_styles.load(request.app[CTX].config)))
 
 
 @DOCS.route("POST", "/v1/engine/control", "Stop the calling key's running task", response=ControlReply,

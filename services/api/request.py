@@ -9,6 +9,7 @@ builder finds names the field the client sent (`steps` for A1111, `overwrite_ste
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from schemas.jobs import (
     LATENT_UPSCALER,
@@ -169,11 +170,19 @@ def _scheduler_for(req: GenerationRequest, model, info) -> tuple[str | None, dic
     refusal = samplers.class_refusal(scheduler, info)
     if refusal:
         raise req.invalid("scheduler", refusal)
-    if info is not None and info.negative_needs_true_cfg and (req.negative_prompt or "").strip() \
-            and not (req.true_cfg_scale or 0) > 1:
+    if _without_true_cfg(req, info) and (req.negative_prompt or "").strip():
         raise req.invalid("negative_prompt", f"a {info.family} model takes a negative prompt only with true CFG: "
                                              "set true_cfg_scale above 1 (twice the work per step) or leave it empty")
     return scheduler, options
+
+
+def configured_model(name: str, config) -> str | None:
+    """A configured model by name, file name or file stem (clients send "x.safetensors")."""
+    for model in config.models:
+        files = [Path(p).name for p in (model.path, model.checkpoint) if p]
+        if name in (model.name, *files) or Path(name).stem in (model.name, *(Path(f).stem for f in files)):
+            return model.name
+    return None
 
 
 def _forge_guidance(req: GenerationRequest, info) -> GenerationRequest:
@@ -185,9 +194,13 @@ def _forge_guidance(req: GenerationRequest, info) -> GenerationRequest:
     return replace(req, guidance_scale=req.distilled_guidance, true_cfg_scale=true_cfg)
 
 
+def _without_true_cfg(req: GenerationRequest, info) -> bool:
+    """The model takes a negative prompt only with true CFG (Flux), and the request does not ask for it."""
+    return info is not None and info.negative_needs_true_cfg and not (req.true_cfg_scale or 0) > 1
+
+
 def _negative(req: GenerationRequest, info) -> str:
-    without_true_cfg = info is not None and info.negative_needs_true_cfg and not (req.true_cfg_scale or 0) > 1
-    parts = [req.negative_prompt] + ([] if without_true_cfg else [req.style_negative])
+    parts = [req.negative_prompt] + ([] if _without_true_cfg(req, info) else [req.style_negative])
     return ", ".join(part for part in parts if part)
 
 

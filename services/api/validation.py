@@ -9,7 +9,6 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from schemas.jobs import LATENT_UPSCALER
 from services import egress
 from services.config import Config
 
@@ -131,26 +130,12 @@ def check_multiple_of_8(value: int | None, config: Config, axis: str) -> int | N
     return value
 
 
-def check_at_most(value: float | None, config: Config, limit_name: str) -> float | None:
-    limit = getattr(config.limits, limit_name)
-    if value is not None and value > limit:
-        raise ValueError(f"must be at most {limit}")
-    return value
-
-
 async def webhook_target(url: str, field: str, config: Config) -> None:
     """422 for webhook targets in private or special networks (unless config allows them)."""
     try:
         await egress.check_url(url, egress.networks(config.notifier.allowed_networks))
     except egress.BlockedTarget as e:
         raise invalid([field], f"webhook target refused: {e}") from None
-
-
-def check_upscaler(name: str, config: Config, allow_latent: bool) -> str:
-    names = ([LATENT_UPSCALER] if allow_latent else []) + config.upscaler_names
-    if name not in names:
-        raise ValueError(f"unknown upscaler; one of {names}")
-    return name
 
 
 def check_callback_url(value: str | None) -> str | None:
