@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from services.gpu_worker.demo_families import t5_tokenizer
 from services.gpu_worker.demo_model import write_tokenizer
 
 # CLIP ViT-L/14's text model (SD 1.5's encoder, SDXL's first, SD3's and Flux's CLIP) and OpenCLIP ViT-bigG/14's
@@ -85,14 +86,6 @@ def _clip_tokenizer(folder: Path):
     return CLIPTokenizer.from_pretrained(folder / "clip", model_max_length=77)
 
 
-def _t5_tokenizer():
-    from transformers import T5TokenizerFast
-
-    chars = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(161, 256)]
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)] + [(c, -5.0) for c in chars]
-    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)
-
-
 def _clip(cls, tok, config: dict):
     from transformers import CLIPTextConfig
 
@@ -161,7 +154,7 @@ def build_sd3(tiny: bool, tmp: Path, device: str):
                     text_encoder_2=_clip(CLIPTextModelWithProjection, tok, TINY_CLIP if tiny else CLIP_G),
                     text_encoder_3=_t5(TINY_T5 if tiny else T5_XXL))
     return StableDiffusion3Pipeline(**nets, scheduler=scheduler, tokenizer=tok, tokenizer_2=tok,
-                                    tokenizer_3=_t5_tokenizer())
+                                    tokenizer_3=t5_tokenizer())
 
 
 def build_flux(tiny: bool, tmp: Path, device: str):
@@ -177,7 +170,7 @@ def build_flux(tiny: bool, tmp: Path, device: str):
                     vae=AutoencoderKL(**_vae16(tiny), scaling_factor=0.3611, shift_factor=0.1159),
                     text_encoder=_clip(CLIPTextModel, tok, TINY_CLIP if tiny else CLIP_L),
                     text_encoder_2=_t5(TINY_T5 if tiny else T5_XXL))
-    return FluxPipeline(**nets, scheduler=scheduler, tokenizer=tok, tokenizer_2=_t5_tokenizer())
+    return FluxPipeline(**nets, scheduler=scheduler, tokenizer=tok, tokenizer_2=t5_tokenizer())
 
 
 FAMILIES = {f.name: f for f in (

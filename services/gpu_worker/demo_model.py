@@ -8,21 +8,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .model_configs import bytes_to_unicode
+
 # 0.5 KB of vocabulary instead of CLIP's 49k tokens: every byte alone and with the end-of-word mark,
 # no merges, so any text tokenizes without <unk>.
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>"]
 
 
-def _byte_chars() -> list[str]:
-    """GPT-2/CLIP's printable stand-in for each of the 256 bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in printable]
-    codes = printable + [256 + i for i in range(len(extra))]
-    return [chr(c) for c in codes]
-
-
 def write_tokenizer(folder: Path) -> None:
-    chars = _byte_chars()
+    chars = list(bytes_to_unicode().values())  # GPT-2/CLIP's printable stand-in for each byte
     vocab = chars + [c + "</w>" for c in chars] + SPECIAL_TOKENS
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}, ensure_ascii=False))

@@ -53,13 +53,17 @@ class ModelRegistry:
         assert model.name == DEMO_MODEL
         return demo_model.ensure(self.config.data_path / "models" / DEMO_MODEL)
 
+    def files(self, model: ModelConfig) -> tuple[Path | None, Path | None, families.Family]:
+        """A model's diffusers folder or single-file checkpoint (the other is None), and its family."""
+        checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
+        folder = None if checkpoint is not None else self.model_path(model)
+        return folder, checkpoint, families.detect(folder, checkpoint, model.family)
+
     def describe(self) -> dict[str, ModelInfo]:
         """Family, default size and checkpoint hash of every served model, from its files (blocking:
         a checkpoint is hashed once, then again only when its size or time changes)."""
         for model in self.served:
-            checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
-            folder = None if checkpoint is not None else self.model_path(model)
-            family = families.detect(folder, checkpoint, model.family)
+            folder, checkpoint, family = self.files(model)
             native = family.native_size
             steps, guidance = family.defaults(folder, checkpoint)
             self.described[model.name] = ModelInfo(
@@ -110,9 +114,7 @@ class ModelRegistry:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
-        checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
-        folder = None if checkpoint is not None else self.model_path(model)
-        family = families.detect(folder, checkpoint, model.family)
+        folder, checkpoint, family = self.files(model)
         dtype = weights_dtype(self.config.worker.dtype, self.device, family.cuda_dtype)
         config_folder = None if model.config is None else Path(model.config)
         if checkpoint is not None and config_folder is None:
@@ -146,8 +148,7 @@ class ModelRegistry:
         for model in self.served:
             if model.quantize is None:
                 continue
-            checkpoint = None if model.checkpoint is None else Path(model.checkpoint)
-            family = families.detect(None if checkpoint else self.model_path(model), checkpoint, model.family)
+            family = self.files(model)[2]
             if not family.quantizable:
                 raise ConfigError(f"model {model.name}: quantize is for SD3 and Flux models; this one is {family.name}")
             check_quantize(model, self.device)

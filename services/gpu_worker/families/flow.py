@@ -86,9 +86,6 @@ class FlowFamily(Family):
     def check_scheduler(self, cls, flow: dict) -> None:
         """A family whose pipeline cannot drive `cls` with these settings raises FamilyError."""
 
-    def encode_clip(self, tokenizer, encoder, texts: list[str], count: int, hidden_layer: int | None):
-        return [syntax.encode(tokenizer, encoder, text, count, hidden_layer=hidden_layer) for text in texts]
-
     def encode_t5(self, pipe, tokenizer, encoder, text: str, width: int):
         """T5's weighted embeddings of `text`; zeros where the model was loaded without T5 (as diffusers)."""
         import torch

@@ -21,7 +21,6 @@ class SD3(FlowFamily):
     native_size = (1024, 1024)
     latent_rgb = SD3_LATENT_RGB
     latent_rgb_bias = SD3_LATENT_RGB_BIAS
-    t5_max_tokens = 256
 
     def defaults(self, folder, checkpoint) -> tuple[int | None, float | None]:
         return 28, 3.5  # the SD 3.5 Large model card's
