@@ -22,6 +22,7 @@ wait (published -> started).
 
 import argparse
 import asyncio
+import contextlib
 import math
 import signal
 import subprocess
@@ -101,9 +102,9 @@ class Fleet:
         self.completed: dict[str, float] = {}
 
     async def __aenter__(self) -> "Fleet":
-        self.nc = await bus.connect(self.config, "fleet-bench")
+        self.stack = contextlib.AsyncExitStack()
+        self.nc = await self.stack.enter_async_context(bus.serving(self.config, "fleet-bench"))
         self.js = self.nc.jetstream()
-        await bus.ensure(self.js, self.config)
         self.tasks = Tasks(self.config, self.nc)
         self.sub = await self.nc.subscribe(subjects.task_event("*", "*"), cb=self._on_event)
         for first in range(0, self.workers, PER_PROCESS):
@@ -122,7 +123,7 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 proc.kill()
         await self.sub.unsubscribe()
-        await self.nc.drain()
+        await self.stack.aclose()
 
     async def _until_announced(self, timeout: float = 120) -> None:
         kv = await self.js.key_value(subjects.WORKERS_BUCKET)

@@ -63,7 +63,7 @@ class Applier:
 
     def __init__(self, tasks: TaskDB, queue: QueuePositions):
         self.tasks, self.queue = tasks, queue
-        self.waiting: list = []
+        self.waiting: list = []  # (stream sequence, message) delivered and not yet applied
         self.timer: asyncio.TimerHandle | None = None
         self.received = tasks.applied_seq  # the highest stream sequence delivered to us
         self.reached: list[tuple[int, asyncio.Future]] = []  # (sequence, its waiter)
@@ -82,7 +82,7 @@ class Applier:
                 if seq <= self.received and not waiter.done():
                     waiter.set_result(None)
             self.reached = [(seq, w) for seq, w in self.reached if not w.done()]  # done: reached, or gave up
-        self.waiting.append(msg)
+        self.waiting.append((self.received, msg))
         if len(self.waiting) >= BATCH:
             self.apply()
         elif self.timer is None:
@@ -94,16 +94,17 @@ class Applier:
             self.timer = None
         if not self.waiting:
             return
-        msgs, self.waiting = self.waiting, []
+        waiting, self.waiting = self.waiting, []
         batch = []
-        for m in msgs:
+        for seq, m in waiting:
             try:
-                batch.append((stream_seq(m), decode_event(m.data)))
+                batch.append((seq, decode_event(m.data)))
             except Exception as e:  # noqa: BLE001 - an undecodable event is skipped, not retried
                 log.error("skipping undecodable event at %s: %s", m.subject, e)
-        with telemetry.applying("projector.apply", msgs):  # one span per event, in the trace the event carried
-            self.tasks.apply(batch, upto=stream_seq(msgs[-1]))
-        asyncio.ensure_future(self._ack(msgs[-1]))
+        upto, last = waiting[-1]
+        with telemetry.applying("projector.apply", [m for _, m in waiting]):  # one span per event, in its trace
+            self.tasks.apply(batch, upto=upto)
+        asyncio.ensure_future(self._ack(last))
         self.queue.changed(lambda: self.tasks.queue_positions(MAX_POSITIONS))
 
     @staticmethod

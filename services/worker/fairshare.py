@@ -44,6 +44,12 @@ def weights(config: Config) -> dict[str, float]:
     return {subjects.key_token(k.owner): k.quota.over(config.quotas).weight for k in config.api_keys}
 
 
+def pull_wait(rang_at: float, after_ring_s: float, short_s: float) -> float:
+    """How long a pull waits: until a job whose doorbell rang at `rang_at` (monotonic; -inf: none) is
+    stored, else `short_s`. On a cluster the doorbell beats the replicated store of the job."""
+    return max(short_s, rang_at + after_ring_s - time.monotonic())
+
+
 class FairQueue:
     """One model and priority's jobs, every key's, served in turn. Looks like a pull subscription to the
     job loop: fetch(batch, timeout) and unsubscribe(); `holds_more` says whether any key still waits."""
@@ -111,8 +117,8 @@ class FairQueue:
             await self.refresh()
         for key in self.turns():
             sub = await self._pull(key)
-            rang_left = self.rang.get(key, -math.inf) + self.after_ring_s - time.monotonic()
-            msgs = await bus.fetch(sub, batch, min(timeout, max(self.short_s, rang_left)))  # see Queues.pull_wait
+            wait = pull_wait(self.rang.get(key, -math.inf), self.after_ring_s, self.short_s)
+            msgs = await bus.fetch(sub, batch, min(timeout, wait))
             if not msgs:  # taken by another worker, or the pull failed (a new consumer electing its leader)
                 self.waiting[key] = await self._pending(sub)
                 continue

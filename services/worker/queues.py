@@ -14,7 +14,7 @@ from schemas import subjects
 
 from .. import bus
 from ..bus import keep_alive
-from .fairshare import FairQueue
+from .fairshare import FairQueue, pull_wait
 
 log = logging.getLogger("diffbus.worker")
 
@@ -74,8 +74,7 @@ class Queues:
 
     def pull_wait(self, index: int) -> float:
         """How long a pull on queue `index` waits: until a job rung for lately is stored, else briefly."""
-        left = self.rang.get(index, -math.inf) + self.config.pull_after_ring_s - time.monotonic()
-        return max(FETCH_S, left)
+        return pull_wait(self.rang.get(index, -math.inf), self.config.pull_after_ring_s, FETCH_S)
 
     def index(self, subject: str) -> int:
         """Which pull a job's subject is served from (a key's subject: its fair-shared queue)."""
@@ -112,7 +111,7 @@ class Queues:
             return None
         [msg] = fetched
         self.pending[index] = msg.metadata.num_pending
-        if msg.metadata.num_pending == 0 and not getattr(self.pulls[index], "holds_more", False):
+        if msg.metadata.num_pending == 0 and not holds_more:
             self.ready.discard(index)
         return msg
 
